@@ -1,0 +1,5 @@
+import sys
+
+from fusekern.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The ``fusekern`` command. Each subcommand lives in its own module of this package and
+exposes ``register(subparsers)``, which adds its parser and sets ``func`` to the handler."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules providing subcommands, in the order they appear in --help.
+_COMMAND_MODULES = [
+    "fusekern.cli.vocab_map",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusekern",
+        description="Knowledge fusion of LLMs: extract, align and fuse source models into a target.",
+    )
+    from fusekern import __version__
+
+    parser.add_argument("--version", action="version", version=f"fusekern {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fusekern {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
