@@ -29,7 +29,7 @@ def test_tokenizer_roundtrip_and_reload(kind, tmp_path):
     tok.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again(EXOTIC_TEXT)["input_ids"] == ids
-    if kind != "unigram":  # unigram EM runs in parallel threads: see train_tokenizer's docstring
+    if kind in ("byte_bpe", "sp_bpe"):  # the others may vary: see train_tokenizer's docstring
         assert train_tokenizer(kind, texts, vocab_size=600).get_vocab() == tok.get_vocab()
 
 

@@ -129,9 +129,10 @@ _BUILDERS = {"byte_bpe": _byte_bpe, "sp_bpe": _sp_bpe, "unigram": _unigram, "wor
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
     """Train a tokenizer of family ``kind`` (one of :data:`KINDS`) on ``texts``.
 
-    Deterministic for the same texts and size, except ``unigram``: its EM runs on parallel
-    threads, so a piece near the pruning threshold can rarely flip between runs (ids are
-    otherwise canonicalised). Save a trained tokenizer when reproducibility matters.
+    ``byte_bpe`` and ``sp_bpe`` are deterministic for the same texts and size. ``unigram`` (EM on
+    parallel threads) and ``wordpiece`` (hash-seeded pair counting) can differ between processes
+    in a few pieces near the vocabulary cut; ids are canonicalised within one vocabulary. Save a
+    trained tokenizer when reproducibility matters.
     The result is a ``PreTrainedTokenizerFast``; ``save_pretrained`` it and load it back with
     ``AutoTokenizer``.
     """

@@ -1,0 +1,333 @@
+"""Aligner benchmarks (issue 2): DTW, span alignment and MinED vocabulary mapping.
+
+Run: ``pytest benchmarks/bench_align.py -s`` (prints a summary table at the end; numbers are
+recorded in benchmarks/RESULTS.md, section "Aligner (issue 2)").
+
+Setup: two 32k tokenizers of different families (byte-level BPE as GPT-NeoX/Llama-3, and
+SentencePiece BPE with byte fallback as Llama-2) trained with ``fusekern.toy`` on the standard
+library's docstrings + 600 source files, cached under ``$FUSEKERN_BENCH_CACHE`` (default: the
+temp dir) so later runs skip the ~40 s of training. Text: stdlib docstrings (not the pydoc
+topics, which lead the prose corpus).
+
+- DTW: one text tokenised by both; the first 512 / 2048 tokens of the byte-level side and the
+  SentencePiece tokens of the same text; token strings with 'Ġ'/'▁' removed as FuseLLM does.
+  Reference: a FuseLLM-style Python DTW (numpy matrix, one ``editdistance.eval`` per cell, its
+  backtrace), timed in the same run. fusekern full (``band=None``, must give identical mappings,
+  checked) and banded (``band=4/16`` with byte widths; exactness reported, not assumed).
+- span_align: 100 documents of ~2k tokens per side; tokens per second on one thread (both sides'
+  tokens counted) for ``span_align`` (lists of tuples), ``span_align_batch`` and
+  ``span_align_ids_batch`` (ids + ``ByteVocab``); reference: the pure-Python two-pointer aligner.
+- mined_map: the two 32k vocabularies' surface strings (specials dropped), against
+  ``rapidfuzz.process.cdist`` (Levenshtein, ``workers=-1``, uint8, chunks of 2048 rows) +
+  argmin; same answers checked.
+
+Peak memory: growth of peak RSS during one call in a fresh interpreter (Linux /proc), so C++
+allocations count and earlier work cannot hide it; measured for representative cases only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from functools import cache
+
+import editdistance
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from align_reference import fusellm_dtw, span_two_pointer  # noqa: E402
+
+from fusekern.align import (  # noqa: E402
+    ByteVocab,
+    dtw,
+    mined_map,
+    span_align,
+    span_align_batch,
+    span_align_ids_batch,
+    token_bytes,
+)
+from fusekern.align.vocab import surface_strings  # noqa: E402
+
+RESULTS: list = []
+
+
+# ---------------------------------------------------------------- setup
+
+
+def _cache_dir() -> str:
+    d = os.environ.get("FUSEKERN_BENCH_CACHE") or os.path.join(tempfile.gettempdir(), "fusekern_bench_cache")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+@cache
+def tokenizer32k(kind: str):
+    from transformers import AutoTokenizer
+
+    path = os.path.join(_cache_dir(), f"{kind}_32000")
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+        from fusekern.toy.tokenizers import train_tokenizer
+
+        texts = stdlib_prose() + stdlib_code(max_docs=600) + [EXOTIC_TEXT]
+        train_tokenizer(kind, texts, vocab_size=32000).save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+@cache
+def docs() -> tuple:
+    from fusekern.toy.corpus import stdlib_prose
+
+    prose = stdlib_prose(max_docs=1000)[40:]
+    return tuple("\n\n".join(prose[i * 8 : i * 8 + 8]) for i in range(100))
+
+
+_PEAK_SCRIPT = r"""
+import pickle, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from fusekern import align
+from align_reference import fusellm_dtw
+import editdistance
+from rapidfuzz.distance import Levenshtein
+from rapidfuzz.process import cdist
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+
+args = pickle.load(open({path!r}, "rb"))
+before = status("VmRSS:")
+{call}
+print((status("VmHWM:") - before) / 1024)
+"""
+
+
+def fresh_peak(call: str, args) -> str:
+    """Peak RSS growth (MiB) of one call in a fresh interpreter, so allocator reuse from
+    earlier work cannot hide it and C++ allocations count too. ``call`` uses ``args``."""
+    import pickle
+    import subprocess
+
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump(args, f)
+        path = f.name
+    try:
+        tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+        code = _PEAK_SCRIPT.format(tests=tests, path=path, call=call)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return "n/a"
+        return f"{float(proc.stdout.split()[-1]):.1f} MiB"
+    finally:
+        os.unlink(path)
+
+
+def best_time(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def record(name: str, ours: str, ref: str, ratio: str, mem: str = "") -> None:
+    RESULTS.append((name, ours, ref, ratio, mem))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary():
+    yield
+    print("\n\n| benchmark | fusekern | reference | ratio | peak RSS growth |")
+    print("|---|---|---|---|---|")
+    for row in RESULTS:
+        print("| " + " | ".join(row) + " |")
+
+
+# ---------------------------------------------------------------- DTW
+
+
+def fusellm_strings(tok, ids) -> list:
+    return [p.replace("Ġ", "").replace("▁", "") for p in tok.convert_ids_to_tokens(ids)]
+
+
+@cache
+def dtw_case(n: int):
+    a_tok, b_tok = tokenizer32k("byte_bpe"), tokenizer32k("sp_bpe")
+    text = "\n\n".join(docs())
+    a_ids = a_tok(text, add_special_tokens=False)["input_ids"][:n]
+    sub = a_tok.decode(a_ids)
+    b_ids = b_tok(sub, add_special_tokens=False)["input_ids"]
+    ta, tb = token_bytes(a_tok), token_bytes(b_tok)
+    a, b = fusellm_strings(a_tok, a_ids), fusellm_strings(b_tok, b_ids)
+    wa, wb = [len(ta[i]) for i in a_ids], [len(tb[i]) for i in b_ids]
+    return a, b, wa, wb
+
+
+@cache
+def dtw_reference(n: int):
+    a, b, _, _ = dtw_case(n)
+    repeat = 3 if n <= 512 else 1
+    out = None
+
+    def run():
+        nonlocal out
+        out = fusellm_dtw(a, b, editdistance.eval)
+
+    t = best_time(run, repeat)
+    mem = (
+        fresh_peak("fusellm_dtw(args[0], args[1], editdistance.eval)", (a, b))
+        if n <= 512
+        else "n/a, not rerun"
+    )
+    return t, out, mem
+
+
+@pytest.mark.parametrize("n", [512, 2048])
+@pytest.mark.parametrize("band", [None, 4, 16])
+def test_dtw(benchmark, n, band):
+    a, b, wa, wb = dtw_case(n)
+    t_ref, ref, ref_mem = dtw_reference(n)
+    kw = {} if band is None else {"band": band, "a_widths": wa, "b_widths": wb}
+    out = dtw(a, b, return_cost=True, **kw)
+    exact = out == ref
+    if band is None:
+        assert exact, "full DTW must reproduce FuseLLM's mappings"
+    benchmark.pedantic(lambda: dtw(a, b, **kw), rounds=15 if n <= 512 else 5, iterations=1, warmup_rounds=1)
+    t = benchmark.stats.stats.min
+    mem = (
+        fresh_peak("align.dtw(args[0], args[1], **args[2])", (a, b, kw)) if n == 2048 or band is None else ""
+    )
+    benchmark.extra_info.update(speedup=t_ref / t, exact=exact, tokens=(len(a), len(b)))
+    label = "full" if band is None else f"band={band}"
+    record(
+        f"dtw {label}, {len(a)}x{len(b)} tokens" + ("" if band is None else f" (exact: {exact})"),
+        f"{t * 1e3:.2f} ms",
+        f"{t_ref * 1e3:.0f} ms (peak {ref_mem})",
+        f"{t_ref / t:.0f}x",
+        mem,
+    )
+
+
+# ---------------------------------------------------------------- span_align
+
+
+@cache
+def span_case():
+    a_tok, b_tok = tokenizer32k("byte_bpe"), tokenizer32k("sp_bpe")
+    ta, tb = token_bytes(a_tok), token_bytes(b_tok)
+    ea = a_tok(list(docs()), add_special_tokens=False)["input_ids"]
+    eb = b_tok(list(docs()), add_special_tokens=False)["input_ids"]
+    # the SentencePiece side starts with its dummy-prefix space: give the other side one too
+    space = a_tok.convert_tokens_to_ids("Ġ")
+    a_ids = [np.asarray([space, *x], dtype=np.int32) for x in ea]
+    b_ids = [np.asarray(x, dtype=np.int32) for x in eb]
+    a_seqs = [[ta[i] for i in x] for x in a_ids]
+    b_seqs = [[tb[i] for i in x] for x in b_ids]
+    n_tokens = sum(map(len, a_ids)) + sum(map(len, b_ids))
+    return ta, tb, a_ids, b_ids, a_seqs, b_seqs, n_tokens
+
+
+@cache
+def span_reference_time() -> float:
+    _, _, _, _, a_seqs, b_seqs, _ = span_case()
+    return best_time(lambda: [span_two_pointer(x, y) for x, y in zip(a_seqs, b_seqs)], 2)
+
+
+@pytest.mark.parametrize("entry", ["span_align", "span_align_batch", "span_align_ids_batch"])
+def test_span(benchmark, entry):
+    ta, tb, a_ids, b_ids, a_seqs, b_seqs, n_tokens = span_case()
+    va, vb = ByteVocab(ta), ByteVocab(tb)
+    calls = {
+        "span_align": lambda: [span_align(x, y) for x, y in zip(a_seqs, b_seqs)],
+        "span_align_batch": lambda: span_align_batch(a_seqs, b_seqs, threads=1),
+        "span_align_ids_batch": lambda: span_align_ids_batch(a_ids, b_ids, va, vb, threads=1),
+    }
+    fn = calls[entry]
+    out = fn()
+    want = [span_two_pointer(x, y) for x, y in zip(a_seqs[:5], b_seqs[:5])]
+    got = [[tuple(r) for r in np.asarray(g).tolist()] for g in out[:5]]
+    assert got == want
+    benchmark.pedantic(fn, rounds=10, iterations=1, warmup_rounds=1)
+    t = benchmark.stats.stats.min
+    t_ref = span_reference_time()
+    rate = n_tokens / t
+    benchmark.extra_info.update(tokens_per_s=rate, speedup=t_ref / t)
+    record(
+        f"{entry}, {n_tokens} tokens in 100 pairs, 1 thread",
+        f"{rate / 1e6:.1f} M tokens/s",
+        f"{n_tokens / t_ref / 1e6:.2f} M tokens/s (Python two pointers)",
+        f"{t_ref / t:.0f}x",
+        fresh_peak("align.span_align_batch(args[0], args[1], threads=1)", (a_seqs, b_seqs))
+        if entry == "span_align_batch"
+        else "",
+    )
+
+
+# ---------------------------------------------------------------- mined_map
+
+
+@cache
+def vocab_case():
+    src = [s for s in surface_strings(tokenizer32k("byte_bpe")) if s]
+    tgt = [s for s in surface_strings(tokenizer32k("sp_bpe")) if s]
+    return src, tgt
+
+
+def rapidfuzz_mined(src, tgt, chunk=2048):
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    ids = np.empty(len(src), dtype=np.int64)
+    dist = np.empty(len(src), dtype=np.int64)
+    for s in range(0, len(src), chunk):
+        d = cdist(src[s : s + chunk], tgt, scorer=Levenshtein.distance, workers=-1, dtype=np.uint8)
+        ids[s : s + chunk] = d.argmin(axis=1)
+        dist[s : s + chunk] = d.min(axis=1)
+    return ids, dist
+
+
+@cache
+def rapidfuzz_reference():
+    src, tgt = vocab_case()
+    out = None
+
+    def run():
+        nonlocal out
+        out = rapidfuzz_mined(src, tgt)
+
+    t = best_time(run, 1)
+    code = "from bench_align import rapidfuzz_mined; rapidfuzz_mined(args[0], args[1])"
+    return (
+        t,
+        out,
+        fresh_peak(
+            "sys.path.insert(0, " + repr(os.path.dirname(os.path.abspath(__file__))) + "); " + code,
+            (src, tgt),
+        ),
+    )
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_mined_map(benchmark, threads):
+    src, tgt = vocab_case()
+    t_ref, (ref_ids, ref_dist), ref_mem = rapidfuzz_reference()
+    ids, dist = mined_map(src, tgt, threads=threads, return_distance=True)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dist, ref_dist)
+    benchmark.pedantic(lambda: mined_map(src, tgt, threads=threads), rounds=3, iterations=1)
+    t = benchmark.stats.stats.min
+    benchmark.extra_info.update(speedup=t_ref / t, exact_fraction=float((dist == 0).mean()))
+    record(
+        f"mined_map {len(src)} -> {len(tgt)}, threads={threads or 'all'}",
+        f"{t:.2f} s",
+        f"{t_ref:.2f} s (rapidfuzz cdist, all workers; peak {ref_mem})",
+        f"{t_ref / t:.1f}x",
+        fresh_peak("align.mined_map(args[0], args[1], threads=1)", (src, tgt)) if threads == 1 else "",
+    )

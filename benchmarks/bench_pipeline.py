@@ -1,0 +1,369 @@
+"""Pipeline benchmarks (issue 4): align-stage throughput and on-disk storage, against FuseLLM.
+
+Run: ``pytest benchmarks/bench_pipeline.py -s`` (prints a summary; numbers recorded in
+benchmarks/RESULTS.md, section "Pipeline (issue 4)").
+
+Setup, built once: a Llama-2-style target tokenizer (SentencePiece BPE, 8k) and two sources
+(byte-level BPE 8k as GPT-NeoX/MPT, SentencePiece BPE 5k as OpenLLaMA), trained on standard-
+library text; documents split to block 512 under all three. Extracts hold the sources' real
+tokenisations with K = 10 synthetic top-k rows (random ids and logits: what alignment costs
+does not depend on the values) written in the exact ``fusekern extract`` format.
+
+- ``test_align_throughput``: ``run_align`` end to end (read extracts, tokenize the target, byte
+  alignment, top-k vocab mapping and dedupe, write the aligned dataset), S = 2, K = 10, one
+  worker process and one native thread; target tokens per second of wall time and per CPU
+  second (= per core), against a FuseLLM-style Python alignment (its DTW + per-id token lookups)
+  on a few documents of the same data.
+- ``test_storage``: bytes per token per source on disk, ours (extract shards; the packed
+  training set) vs FuseLLM's formats measured by writing them with ``datasets`` the way its
+  scripts do (extract: per-step top-k as torch tensors padded to the block, so int64 ids and
+  fp16 logits; aligned: Python lists, so int64 ids and float64 logits).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import tracemalloc
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from fusekern.pipeline import run_align, run_pack, split_texts
+from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
+from fusekern.pipeline.io import encode, text_hashes
+from fusekern.toy import corpus, tokenizers
+
+K = 10
+BLOCK = 512
+SOURCES = {"s_bbpe": ("byte_bpe", 8000), "s_sp": ("sp_bpe", 5000)}
+TARGET = ("sp_bpe", 8000)
+N_REF_DOCS = 3
+
+
+def _dir_bytes(path: str, pattern: str = "**/*.arrow") -> int:
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(path, pattern), recursive=True))
+
+
+def _write_synthetic_extract(path: str, tok, texts: list, seed: int) -> int:
+    """An extract directory in the exact `fusekern extract` layout; returns its token count."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(path, shard_name(0, 1)))
+    tok.save_pretrained(os.path.join(path, "tokenizer"))
+    schema = extract_features(K).arrow_schema
+    eos = tok.eos_token_id
+    hashes = text_hashes(texts)
+    n_tokens = 0
+    with pa.OSFile(os.path.join(path, shard_name(0, 1), "data.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, schema) as writer:
+            for w0 in range(0, len(texts), 256):
+                rows = []
+                for j, ids in enumerate(encode(tok, texts[w0 : w0 + 256])):
+                    ids = np.asarray(ids + [eos], dtype=np.int32)
+                    n = len(ids)
+                    top = rng.integers(0, len(tok), size=(n, K)).astype(np.int32)
+                    logits = np.sort(rng.normal(size=(n, K)), axis=1)[:, ::-1].astype(np.float16)
+                    ce = rng.gamma(2.0, 1.0, size=n).astype(np.float32)
+                    ce[-1] = 0
+                    rows.append((w0 + j, int(hashes[w0 + j]), ids, top, logits, ce, float(ce[:-1].mean())))
+                    n_tokens += n
+                writer.write_batch(_record_batch(schema, K, rows))
+    with open(os.path.join(path, shard_name(0, 1), "shard.json"), "w") as f:
+        json.dump({"shard": 0}, f)
+    meta = {
+        "format": FORMAT,
+        "num_docs": len(texts),
+        "num_shards": 1,
+        "top_k": K,
+        "vocab_size": len(tok),
+        "tokenizer_size": len(tok),
+        "eos_token_id": eos,
+        "model": "synthetic",
+    }
+    with open(os.path.join(path, "extract_meta.json"), "w") as f:
+        json.dump(meta, f)
+    return n_tokens
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_pipeline")
+    prose, code = corpus.stdlib_prose(2000), corpus.stdlib_code(150)
+    train = prose[:1500] + code[:100]
+    toks = {"target": tokenizers.train_tokenizer(TARGET[0], train, vocab_size=TARGET[1])}
+    for name, (kind, size) in SOURCES.items():
+        toks[name] = tokenizers.train_tokenizer(kind, train, vocab_size=size)
+    docs = split_texts(prose[1500:] + code[100:150], list(toks.values()), BLOCK)
+    data = str(root / "data")
+    datasets.Dataset.from_dict({"text": docs}).save_to_disk(data)
+    extracts, src_tokens = {}, {}
+    for i, name in enumerate(SOURCES):
+        extracts[name] = str(root / name)
+        src_tokens[name] = _write_synthetic_extract(extracts[name], toks[name], docs, seed=i)
+    target_path = str(root / "target_tok")
+    toks["target"].save_pretrained(target_path)
+    return {
+        "root": root,
+        "toks": toks,
+        "docs": docs,
+        "data": data,
+        "extracts": extracts,
+        "src_tokens": src_tokens,
+        "target": target_path,
+    }
+
+
+# ------------------------------------------------------------------ FuseLLM-style reference
+
+
+def _fusellm_dtw(series_1: list, series_2: list, dist) -> list:
+    """FuseLLM's DTW as released: Python loops over a numpy matrix; returns series_2 -> series_1."""
+    n, m = len(series_1), len(series_2)
+    mat = np.zeros((n + 1, m + 1))
+    mat[0, :] = np.inf
+    mat[:, 0] = np.inf
+    mat[0, 0] = 0
+    for i, a in enumerate(series_1):
+        for j, b in enumerate(series_2):
+            mat[i + 1, j + 1] = dist(a, b) + min(mat[i, j + 1], mat[i + 1, j], mat[i, j])
+    mat = mat[1:, 1:]
+    i, j = n - 1, m - 1
+    to_1 = [[] for _ in range(m)]
+    while i > 0 or j > 0:
+        to_1[j].append(i)
+        diag = mat[i - 1, j - 1] if i > 0 and j > 0 else np.inf
+        up = mat[i - 1, j] if i > 0 else np.inf
+        left = mat[i, j - 1] if j > 0 else np.inf
+        move = int(np.argmin([diag, up, left]))
+        i, j = (i - 1, j - 1) if move == 0 else ((i - 1, j) if move == 1 else (i, j - 1))
+    to_1[0].append(0)
+    return [sorted(x) for x in to_1]
+
+
+def _fusellm_align_doc(base_tok, blend_tok, base_ids, blend_ids, blend_top_ids, blend_top_logits, mapping):
+    """FuseLLM's per-document teacher alignment ("soft" vocab mode): DTW on token strings with
+    the markers stripped, then per base position a Python loop over the K ids with
+    convert_ids_to_tokens, the mapping dict and the base vocab dict."""
+    import editdistance
+
+    base_tokens = base_tok.convert_ids_to_tokens(base_ids)
+    blend_tokens = blend_tok.convert_ids_to_tokens(blend_ids)
+    base_vocab = base_tok.get_vocab()
+
+    def dist(a, b):
+        return editdistance.eval(a.replace("Ġ", "").replace("▁", ""), b.replace("▁", ""))
+
+    base_to_blend = _fusellm_dtw(blend_tokens, base_tokens, dist)
+    out_ids, out_logits = [], []
+    for i, js in enumerate(base_to_blend):
+        ids, logits = [], []
+        if len(js) == 1 and mapping.get(blend_tokens[js[0]]) == base_tokens[i]:
+            for logit, idx in zip(blend_top_logits[js[0]], blend_top_ids[js[0]]):
+                t = mapping.get(blend_tok.convert_ids_to_tokens([int(idx)])[0])
+                if t in base_vocab and base_vocab[t] not in ids:
+                    ids.append(base_vocab[t])
+                    logits.append(float(logit))
+        else:
+            ids, logits = [base_vocab[base_tokens[i]]], [1.0]
+        out_ids.append(ids)
+        out_logits.append(logits)
+    return out_ids, out_logits
+
+
+def test_align_throughput(benchmark, setup):
+    from fusekern.pipeline import build_vocab_map, load_extract
+
+    s = setup
+    names = list(SOURCES)
+    out = str(s["root"] / "aligned")
+    cpu, wall, peak = [], [], []
+
+    def align():
+        paths = [s["extracts"][n] for n in names]
+        run_align(s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1)
+
+    def run():
+        c0, w0 = time.process_time(), time.perf_counter()
+        align()
+        cpu.append(time.process_time() - c0)  # all threads of this process: CPU-seconds
+        wall.append(time.perf_counter() - w0)
+
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+    tracemalloc.start()  # a separate run: tracing slows Python allocations several-fold
+    align()
+    peak.append(tracemalloc.get_traced_memory()[1])
+    tracemalloc.stop()
+    meta = json.load(open(os.path.join(out, "align_meta.json")))
+    n_tgt = meta["num_tokens"]
+
+    # FuseLLM-style reference on a few documents of the same data (its cost is ~O(n·m) per doc).
+    tgt_tok = s["toks"]["target"]
+    ref_tokens, ref_seconds = 0, 0.0
+    for n in names:
+        src_tok = s["toks"][n]
+        vmap = build_vocab_map(src_tok, tgt_tok)
+        src_strings = src_tok.convert_ids_to_tokens(list(range(len(src_tok))))
+        tgt_strings = tgt_tok.convert_ids_to_tokens(list(range(len(tgt_tok))))
+        mapping = {src_strings[i]: tgt_strings[t] for i, t in enumerate(vmap.ids.tolist()) if t >= 0}
+        ext = load_extract(s["extracts"][n])[0].with_format("numpy")
+        for d in range(N_REF_DOCS):
+            row = ext[d]
+            base_ids = tgt_tok(s["docs"][d], add_special_tokens=False)["input_ids"] + [tgt_tok.eos_token_id]
+            t0 = time.process_time()
+            _fusellm_align_doc(
+                tgt_tok,
+                src_tok,
+                base_ids,
+                row["input_ids"].tolist(),
+                row["topk_ids"],
+                row["topk_logits"],
+                mapping,
+            )
+            ref_seconds += time.process_time() - t0
+            ref_tokens += len(base_ids)
+    ours_cpu = n_tgt / min(cpu)
+    ref_rate = ref_tokens / len(names) / ref_seconds  # target tokens/s with both sources, like ours
+    info = {
+        "target_tokens": n_tgt,
+        "docs": meta["num_docs"],
+        "aligned_fraction": meta["aligned_fraction"],
+        "tokens_per_s_wall": round(n_tgt / min(wall)),
+        "tokens_per_cpu_s": round(ours_cpu),
+        "fusellm_ref_tokens_per_cpu_s": round(ref_rate),
+        "ratio_vs_fusellm": round(ours_cpu / ref_rate, 1),
+        "peak_traced_mb": round(max(peak) / 2**20, 1),
+    }
+    benchmark.extra_info.update(info)
+    print("\nalign throughput (S=2, K=10, block 512, 1 process, 1 thread):", json.dumps(info, indent=1))
+
+
+def test_align_throughput_fusellm_mode(benchmark, setup):
+    s = setup
+    names = list(SOURCES)
+    out = str(s["root"] / "aligned_fusellm")
+    cpu = []
+
+    def run():
+        c0 = time.process_time()
+        run_align(
+            s["target"],
+            s["data"],
+            [s["extracts"][n] for n in names],
+            out,
+            source_names=names,
+            num_proc=1,
+            threads=1,
+            mode="fusellm",
+        )
+        cpu.append(time.process_time() - c0)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    meta = json.load(open(os.path.join(out, "align_meta.json")))
+    info = {
+        "target_tokens": meta["num_tokens"],
+        "tokens_per_cpu_s": round(meta["num_tokens"] / min(cpu)),
+        "aligned_fraction": meta["aligned_fraction"],
+    }
+    benchmark.extra_info.update(info)
+    print("\nalign throughput, mode=fusellm (full DTW):", json.dumps(info, indent=1))
+
+
+def test_storage(benchmark, setup):
+    s = setup
+    names = list(SOURCES)
+    aligned = str(s["root"] / "aligned_storage")
+    run_align(s["target"], s["data"], [s["extracts"][n] for n in names], aligned, source_names=names)
+    packed = str(s["root"] / "packed")
+    benchmark.pedantic(lambda: run_pack(aligned, packed, block_size=BLOCK), rounds=1, iterations=1)
+
+    n_src = s["src_tokens"][names[0]]
+    ours_extract = _dir_bytes(s["extracts"][names[0]]) / n_src
+
+    # FuseLLM's extract output for the same tokens: its forward_for_logits returns torch tensors
+    # padded to the block (per_step_logits fp16, per_step_indices int64) next to the tokenized
+    # columns, and keeps the text; datasets stores what it is given.
+    from fusekern.pipeline import load_extract
+
+    ext = load_extract(s["extracts"][names[0]])[0]
+    texts = s["docs"]
+
+    def fusellm_forward(batch, idx):
+        b = len(idx)
+        ids = torch.zeros((b, BLOCK), dtype=torch.long)
+        mask = torch.zeros((b, BLOCK), dtype=torch.long)
+        labels = torch.full((b, BLOCK), -100, dtype=torch.long)
+        top_i = torch.zeros((b, BLOCK, K), dtype=torch.long)
+        top_v = torch.zeros((b, BLOCK, K), dtype=torch.float16)
+        for r, d in enumerate(idx):
+            row = ext[d]
+            n = len(row["input_ids"])
+            ids[r, :n] = torch.tensor(row["input_ids"])
+            mask[r, :n] = 1
+            labels[r, :n] = ids[r, :n]
+            top_i[r, :n] = torch.tensor(row["topk_ids"])
+            top_v[r, :n] = torch.tensor(np.asarray(row["topk_logits"], dtype=np.float16))
+        return {
+            "text": batch["text"],
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "per_step_logits": top_v,
+            "per_step_indices": top_i,
+            "metric_ce": torch.tensor(np.asarray(ext[list(idx)]["doc_ce"]), dtype=torch.float16),
+        }
+
+    fl_dir = str(s["root"] / "fusellm_extract")
+    fl = datasets.Dataset.from_dict({"text": texts}).map(
+        fusellm_forward, batched=True, batch_size=64, with_indices=True
+    )
+    fl.save_to_disk(fl_dir)
+    fl_types = {f.name: str(f.type) for f in fl.data.schema}
+    fl_total = _dir_bytes(fl_dir) / n_src
+    table = fl.data.table
+    topk_cols = sum(table.column(c).nbytes for c in ("per_step_logits", "per_step_indices")) / n_src
+    ours_topk = sum(ext.data.table.column(c).nbytes for c in ("topk_ids", "topk_logits")) / n_src
+
+    # FuseLLM's aligned (and then packed) training data: Python lists -> int64 ids, float64 logits.
+    al = datasets.load_from_disk(aligned).with_format("numpy")
+    n_tgt = sum(len(x) for x in al["input_ids"])
+    lists_ids, lists_logits = [], []
+    for d in range(len(al)):
+        t_ids, t_log = al[d]["teacher_ids"][:, 0], al[d]["teacher_logits"][:, 0]
+        lists_ids.append([[int(v) for v in row if v >= 0] for row in t_ids])
+        lists_logits.append([[float(v) for v, i in zip(lr, row) if i >= 0] for lr, row in zip(t_log, t_ids)])
+    fl_al = datasets.Dataset.from_dict(
+        {"per_step_aligned_indices_0": lists_ids, "per_step_aligned_logits_0": lists_logits}
+    )
+    fl_al_dir = str(s["root"] / "fusellm_aligned")
+    fl_al.save_to_disk(fl_al_dir)
+    fl_al_types = {f.name: str(f.type) for f in fl_al.data.schema}
+    fl_aligned = _dir_bytes(fl_al_dir) / n_tgt
+
+    pk = datasets.load_from_disk(packed).data.table
+    per_source_cols = ("teacher_ids", "teacher_logits", "source_ce", "source_ce_doc")
+    ours_packed = sum(pk.column(c).nbytes for c in per_source_cols) / n_tgt / len(names)
+    ours_packed_total = _dir_bytes(packed) / n_tgt
+
+    info = {
+        "source_tokens": n_src,
+        "padding_factor_fusellm": round(len(texts) * BLOCK / n_src, 2),
+        "ours_extract_B_per_token": round(ours_extract, 1),
+        "fusellm_extract_B_per_token": round(fl_total, 1),
+        "extract_ratio": round(ours_extract / fl_total, 3),
+        "ours_topk_payload_B_per_token": round(ours_topk, 1),
+        "fusellm_topk_payload_B_per_token": round(topk_cols, 1),
+        "topk_payload_ratio": round(ours_topk / topk_cols, 3),
+        "fusellm_extract_types": {k: fl_types[k] for k in ("per_step_logits", "per_step_indices")},
+        "ours_packed_B_per_token_per_source": round(ours_packed, 1),
+        "ours_packed_B_per_token_total_S2": round(ours_packed_total, 1),
+        "fusellm_aligned_B_per_token_per_source": round(fl_aligned, 1),
+        "aligned_ratio": round(ours_packed / fl_aligned, 3),
+        "fusellm_aligned_types": fl_al_types,
+    }
+    benchmark.extra_info.update(info)
+    print("\nstorage:", json.dumps(info, indent=1))

@@ -1,0 +1,332 @@
+"""Vocabulary mapping between two tokenizers (source id → target id), FuseLLM's MinED step.
+
+Tokens are compared on their *surface strings*: :func:`~fusekern.align.token_bytes` decoded
+as UTF-8 with ``errors="surrogateescape"``, so 'Ġthe', '▁the' and WordPiece's word-initial
+'the' all read ' the', and a byte that is not valid UTF-8 on its own (a byte-level BPE
+fragment, a ``<0xE6>`` byte-fallback piece) becomes the lone surrogate U+DC80+byte: two such
+fragments match exactly when they are the same byte, and never collide with real text.
+
+- Non-special source tokens: exact surface match if the target has one, else the target
+  token at minimum Levenshtein distance among the target's non-special tokens with a
+  non-empty surface (:func:`~fusekern.align.mined_map`: ties → lowest id).
+- Special source tokens (bos/eos/unk/pad/…, empty surface): the target special token with
+  the same content, else the one with the same role (eos, bos, unk, pad, sep, cls, mask in
+  that order); ``-1`` if there is none (-1 is padding in the teacher-id convention).
+- Non-special source tokens with an empty surface (unused ids): ``-1``.
+
+Then a vocabulary-level policy picks *which* target id among those with the mapped surface
+(:func:`refine_vocab_map`; on by default in :func:`map_vocab`):
+
+1. **Same token string first.** A source token whose vocabulary string also exists in the
+   target with the same surface maps to that id. Two tokenizers of one family then map 1:1
+   (a tokenizer mapped onto itself is the identity).
+2. **Canonical duplicates.** Several target ids can share one surface: SentencePiece byte
+   fallback pieces ``<0x65>`` and the learned token ``e`` both read ``b"e"``. The target's
+   tokenizer never produces the byte piece where a learned token exists, so otherwise a
+   match goes to the non-``<0xNN>`` id, then the lowest id (:func:`canonical_target_ids`).
+
+Both only move a source id between target ids with *identical* surfaces, so ``distance``
+and ``exact`` (functions of the two surfaces) are those of the plain MinED map.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from fusekern.align.token_bytes import _special_ids, token_bytes
+
+__all__ = [
+    "VocabMap",
+    "canonical_target_ids",
+    "load_tokenizer",
+    "map_vocab",
+    "refine_vocab_map",
+    "surface_strings",
+    "token_tables",
+]
+
+_ROLES = ("eos_token", "bos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+FORMAT = "fusekern-vocab-map/1"
+_TABLES: dict = {}
+
+
+def _size(tok: Any) -> int | None:
+    try:
+        return len(tok)
+    except TypeError:  # a bare tokenizers.Tokenizer
+        get = getattr(tok, "get_vocab_size", None)
+        return get(True) if get is not None else None
+
+
+def token_tables(tokenizer: Any) -> tuple[list[bytes], list[str]]:
+    """``(token_bytes(tokenizer), surface strings)``, computed once per tokenizer object and
+    size (reading a tokenizer's JSON is the slow part of small runs). The lists are shared:
+    do not modify them."""
+    key, size = id(tokenizer), _size(tokenizer)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not tokenizer or hit[1] != size:
+        raw = token_bytes(tokenizer)
+        surface = [b.decode("utf-8", errors="surrogateescape") for b in raw]
+        if len(_TABLES) > 16:
+            _TABLES.clear()
+        hit = _TABLES[key] = (tokenizer, size, raw, surface)
+    return hit[2], hit[3]
+
+
+def surface_strings(tokenizer: Any) -> list[str]:
+    """``token_bytes(tokenizer)`` decoded with ``errors="surrogateescape"`` (see module doc)."""
+    return list(token_tables(tokenizer)[1])
+
+
+@dataclass
+class VocabMap:
+    """Source id → target id. All arrays have one entry per source id.
+
+    ``ids`` int64 (``-1`` = no counterpart), ``distance`` int64 edit distance of the surface
+    strings (0 = exact; -1 for special/unmapped ids), ``exact`` bool, ``special`` bool (the
+    source id is a special token, mapped by content or role).
+    """
+
+    ids: np.ndarray
+    distance: np.ndarray
+    exact: np.ndarray
+    special: np.ndarray
+    target_size: int
+
+    @property
+    def source_size(self) -> int:
+        return int(self.ids.shape[0])
+
+    def counts(self) -> dict:
+        mapped = self.ids >= 0
+        return {
+            "source_size": self.source_size,
+            "target_size": int(self.target_size),
+            "exact": int(np.count_nonzero(self.exact)),
+            "mined": int(np.count_nonzero(mapped & ~self.exact & ~self.special)),
+            "special": int(np.count_nonzero(self.special & mapped)),
+            "unmapped": int(np.count_nonzero(~mapped)),
+        }
+
+    def save(self, path: str) -> str:
+        """Writes ``.json`` (readable lists) if the name ends with .json, else ``.npz``."""
+        counts = self.counts()
+        if path.endswith(".json"):
+            doc = {
+                "format": FORMAT,
+                **counts,
+                "ids": self.ids.tolist(),
+                "distance": self.distance.tolist(),
+                "exact": self.exact.tolist(),
+                "special": self.special.tolist(),
+            }
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+        else:
+            if not path.endswith(".npz"):
+                path += ".npz"  # what np.savez would do anyway; return the real name
+            meta = json.dumps({"format": FORMAT, **counts})
+            np.savez(
+                path,
+                ids=self.ids,
+                distance=self.distance,
+                exact=self.exact,
+                special=self.special,
+                meta=np.array(meta),
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> VocabMap:
+        fields = ("ids", "distance", "exact", "special")
+
+        def check(meta: dict, keys) -> None:
+            if meta.get("format") != FORMAT or any(k not in keys for k in fields):
+                raise ValueError(f"{path} is not a fusekern vocabulary map (format {meta.get('format')!r})")
+
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+            check(meta, meta)
+            arrays = {k: meta[k] for k in fields}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+                check(meta, z.files)
+                arrays = {k: z[k] for k in fields}
+        return cls(
+            ids=np.asarray(arrays["ids"], dtype=np.int64),
+            distance=np.asarray(arrays["distance"], dtype=np.int64),
+            exact=np.asarray(arrays["exact"], dtype=bool),
+            special=np.asarray(arrays["special"], dtype=bool),
+            target_size=int(meta["target_size"]),
+        )
+
+
+def _special_target(src: Any, tgt: Any, sid: int, tgt_content: dict) -> int:
+    content = src.convert_ids_to_tokens(sid) if hasattr(src, "convert_ids_to_tokens") else None
+    if isinstance(content, str) and content in tgt_content:
+        return tgt_content[content]
+    for role in _ROLES:
+        if getattr(src, role + "_id", None) == sid:
+            tid = getattr(tgt, role + "_id", None)
+            if isinstance(tid, int) and tid >= 0:
+                return tid
+    return -1
+
+
+def _id_strings(tok: Any, n: int) -> list[str | None]:
+    """The vocabulary string of each id below ``n`` (None where the tokenizer has none)."""
+    if hasattr(tok, "convert_ids_to_tokens"):
+        strings = tok.convert_ids_to_tokens(list(range(n)))
+    elif hasattr(tok, "id_to_token"):
+        strings = [tok.id_to_token(i) for i in range(n)]
+    else:
+        strings = [None] * n
+    return [s if isinstance(s, str) else None for s in strings]
+
+
+def canonical_target_ids(target_tokenizer: Any) -> np.ndarray:
+    """For each target id, the id the target itself would use for that surface: non-byte-piece
+    first, then lowest id. Special and empty-surface ids map to themselves."""
+    surface = token_tables(target_tokenizer)[1]
+    n = len(surface)
+    strings = _id_strings(target_tokenizer, n)
+    specials = _special_ids(target_tokenizer)
+    best: dict = {}
+    for t in range(n):
+        if t in specials or not surface[t]:
+            continue
+        rank = (bool(strings[t] and _BYTE_PIECE.match(strings[t])), t)
+        cur = best.get(surface[t])
+        if cur is None or rank < cur:
+            best[surface[t]] = rank
+    canon = np.arange(n, dtype=np.int64)
+    for t in range(n):
+        if t not in specials and surface[t]:
+            canon[t] = best[surface[t]][1]
+    return canon
+
+
+def refine_vocab_map(vmap: VocabMap, source_tokenizer: Any, target_tokenizer: Any) -> VocabMap:
+    """Apply the same-string and canonical-duplicate rules (module doc) to a map of these two
+    tokenizers. Idempotent; ``distance``/``exact``/``special`` are kept. Raises ``ValueError``
+    if the map's sizes do not match the tokenizers."""
+    src_surface = token_tables(source_tokenizer)[1]
+    tgt_surface = token_tables(target_tokenizer)[1]
+    if vmap.source_size != len(src_surface):
+        raise ValueError(
+            f"vocab map covers {vmap.source_size} source ids but the source tokenizer has {len(src_surface)}"
+        )
+    if vmap.target_size != len(tgt_surface):
+        raise ValueError(
+            f"vocab map targets {vmap.target_size} ids but the target tokenizer has {len(tgt_surface)}"
+        )
+    canon = canonical_target_ids(target_tokenizer)
+    ids = vmap.ids.copy()
+    normal = (ids >= 0) & ~vmap.special
+    ids[normal] = canon[ids[normal]]
+    get_vocab = getattr(target_tokenizer, "get_vocab", None)
+    tgt_vocab = get_vocab() if get_vocab is not None else {}
+    src_strings = _id_strings(source_tokenizer, len(src_surface))
+    for s in np.flatnonzero(~vmap.special):
+        t = tgt_vocab.get(src_strings[s]) if src_strings[s] is not None else None
+        if t is not None and t < len(tgt_surface) and src_surface[s] and tgt_surface[t] == src_surface[s]:
+            ids[s] = t
+    return VocabMap(
+        ids=ids, distance=vmap.distance, exact=vmap.exact, special=vmap.special, target_size=vmap.target_size
+    )
+
+
+def map_vocab(
+    source_tokenizer: Any,
+    target_tokenizer: Any,
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 8192,
+    refine: bool = True,
+) -> VocabMap:
+    """Map every source id to a target id (see module doc).
+
+    The edit-distance search is :func:`~fusekern.align.mined_map` over surface strings
+    (exact match wins, ties → lowest target id); with ``refine=True`` (default) the
+    vocabulary-level policy of :func:`refine_vocab_map` then chooses among target ids with
+    the same surface (same token string first, else no ``<0xNN>`` byte-fallback piece, else
+    lowest id). ``distance``/``exact`` are the same either way. ``refine=False`` gives the
+    plain MinED map. ``progress(done, total)`` is called after each chunk of source tokens.
+    """
+    from fusekern.align import mined_map  # the package face validates `threads`
+
+    src_surface = token_tables(source_tokenizer)[1]
+    tgt_surface = token_tables(target_tokenizer)[1]
+    src_specials = _special_ids(source_tokenizer)
+    tgt_specials = _special_ids(target_tokenizer)
+    ns, nt = len(src_surface), len(tgt_surface)
+
+    ids = np.full(ns, -1, dtype=np.int64)
+    dist = np.full(ns, -1, dtype=np.int64)
+    special = np.zeros(ns, dtype=bool)
+
+    cand = [t for t in range(nt) if t not in tgt_specials and tgt_surface[t]]
+    if not cand:
+        raise ValueError("target tokenizer has no non-special tokens with a surface string")
+    cand_ids = np.asarray(cand, dtype=np.int64)
+    cand_strings = [tgt_surface[t] for t in cand]
+
+    tgt_content = {}
+    if hasattr(target_tokenizer, "convert_ids_to_tokens"):
+        for t in sorted(tgt_specials):
+            tok = target_tokenizer.convert_ids_to_tokens(t)
+            if isinstance(tok, str):
+                tgt_content.setdefault(tok, t)
+    for s in sorted(src_specials):
+        if 0 <= s < ns:
+            special[s] = True
+            ids[s] = _special_target(source_tokenizer, target_tokenizer, s, tgt_content)
+
+    todo = [s for s in range(ns) if not special[s] and src_surface[s]]
+    total = len(todo)
+    if progress is not None:
+        progress(0, total)
+    for start in range(0, total, max(1, chunk)):
+        part = todo[start : start + chunk]
+        found, d = mined_map(
+            [src_surface[s] for s in part], cand_strings, threads=threads, return_distance=True
+        )
+        ids[part] = cand_ids[found]
+        dist[part] = d
+        if progress is not None:
+            progress(min(start + chunk, total), total)
+    exact = dist == 0
+    vmap = VocabMap(ids=ids, distance=dist, exact=exact, special=special, target_size=nt)
+    return refine_vocab_map(vmap, source_tokenizer, target_tokenizer) if refine else vmap
+
+
+def load_tokenizer(tokenizer: Any, name: str = "tokenizer", *, trust_remote_code: bool = False) -> Any:
+    """A tokenizer object (returned as is), a local directory or ``tokenizer.json``, or a Hub
+    name where one is reachable. A path that cannot be loaded raises ``FileNotFoundError``
+    naming ``name`` and the path; another type raises ``TypeError``."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path, a Hub name or a tokenizer, got {type(tokenizer).__name__}")
+    path = os.fspath(tokenizer)
+    if os.path.isfile(path) and path.endswith(".json"):
+        return PreTrainedTokenizerFast(tokenizer_file=path)
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
+    if looks_local and not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"{name}: no tokenizer directory at {path!r}")
+    try:
+        return AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{name}: cannot load a tokenizer from {path!r}: {exc}") from None

@@ -1,0 +1,544 @@
+"""Stage 4, align: move every source's top-k onto the target's token positions and ids.
+
+For each document the target tokenisation (``add_special_tokens=False`` + EOS, as extract
+does) is aligned with each source's tokenisation, giving *groups* ``(a0, a1, b0, b1)``:
+source tokens ``[a0, a1)`` and target tokens ``[b0, b1)`` that cover the same text.
+
+``mode="bytes"`` (default). Groups come from :func:`fusekern.align.span_align_ids_batch` on
+``token_bytes``: the smallest runs covering identical bytes (a SentencePiece dummy-prefix
+space on a document's first token is ignored). Target position ``t`` predicts target token
+``t+1``; it takes the source's distribution at source position ``u`` exactly when target token
+``t+1`` and source token ``u+1`` form a 1:1 group, i.e. both tokenisations cut the text at the
+same byte offsets before and after that token: same context bytes, same next-token span. A
+document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
+DTW for that source: DTW path components serve as groups, and a 1:1 group counts only if the
+two tokens' surfaces are identical.
+
+``mode="fusellm"``. FuseLLM's rule: DTW over all tokens (surface strings, spaces removed, as
+FuseLLM strips its '▁'/'Ġ' markers; edit-distance cost; full DTW with FuseLLM's tie order);
+target position ``i`` takes source position ``j`` when DTW maps target token ``i`` to
+exactly one source token ``j`` and the vocab map sends source token ``j`` to target token
+``i`` (FuseLLM's "soft" equality; a document's first token may also match up to a leading space,
+FuseLLM's MPT case). That is a *current*-token rule: the contexts end at the same place, but
+the next tokens may be cut differently.
+
+Everywhere else (both modes) the teacher is FuseLLM's fallback, a one-hot on the **next gold
+target token** (``input_ids[t+1]``, logit 1.0; FuseLLM puts it on the *current* token
+``input_ids[t]``, a known bug). The last position of a document (the EOS, nothing to
+predict) has no teacher (ids all -1).
+
+Top-k lists are mapped to target ids with the vocab map (exact surface, else MinED; see
+:func:`fusekern.align.map_vocab`), unmappable ids dropped, duplicates dropped keeping the first
+(highest-logit) occurrence, the list compacted to the left and padded with -1 (logit 0).
+
+Quality carried to target positions: ``source_ce[t, s]`` is the source's CE of the gold next
+target token: the source's NLL of the group containing target token ``t+1`` (sum of its
+per-token CE over the group's source tokens), shared equally by the group's predicted target
+tokens. In a 1:1 group that is exactly the source's per-token CE. (A document's first group may
+hold target tokens but only the unpredicted first source token: those get the document mean.)
+``source_ce_doc[s]`` is the source's mean CE over the document (FuseLLM's ``metric_ce``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+import uuid
+from typing import Any, Sequence
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from fusekern.pipeline.extract import load_extract
+from fusekern.pipeline.io import (
+    DataLike,
+    encode,
+    load_texts,
+    load_tokenizer,
+    name_of,
+    save_dataset_atomic,
+    text_hashes,
+)
+from fusekern.pipeline.vocab import build_vocab_map, load_vocab_map
+
+MODES = ("bytes", "fusellm")
+META_FILE = "align_meta.json"
+FORMAT = "fusekern-aligned/1"
+
+
+def aligned_features(num_sources: int, top_k: int) -> datasets.Features:
+    seq, val = datasets.Sequence, datasets.Value
+    return datasets.Features(
+        {
+            "doc_id": val("int64"),
+            "input_ids": seq(val("int32")),
+            "teacher_ids": seq(seq(seq(val("int32"), length=top_k), length=num_sources)),
+            "teacher_logits": seq(seq(seq(val("float16"), length=top_k), length=num_sources)),
+            "source_ce": seq(seq(val("float32"), length=num_sources)),
+            "source_ce_doc": seq(val("float32"), length=num_sources),
+            "n_aligned": seq(val("int32"), length=num_sources),
+            "used_dtw": seq(val("bool"), length=num_sources),
+        }
+    )
+
+
+# ------------------------------------------------------------------------- per-tokenizer tables
+
+
+class _Side:
+    """What alignment needs to know about one tokenizer, picklable for ``num_proc`` workers
+    (the packed native byte table is rebuilt lazily in each process)."""
+
+    def __init__(self, tok: Any):
+        from fusekern.align.vocab import token_tables
+
+        raw, surface = token_tables(tok)
+        self.size = len(raw)
+        # Ids size..2*size-1: the same tokens with one leading space removed (dummy prefix).
+        self.bytes_ext = raw + [b[1:] if b[:1] == b" " else b for b in raw]
+        self.starts_with_space = np.fromiter((b[:1] == b" " for b in raw), dtype=bool, count=len(raw))
+        self.dtw_strings = [s.replace(" ", "") for s in surface]
+        self.lstrip_strings = [s[1:] if s[:1] == " " else s for s in surface]
+        self._vocab = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_vocab"] = None
+        return state
+
+    @property
+    def byte_vocab(self):
+        if self._vocab is None:
+            from fusekern.align import ByteVocab
+
+            self._vocab = ByteVocab(self.bytes_ext)
+        return self._vocab
+
+
+class _Source:
+    def __init__(self, name: str, path: str, ds: datasets.Dataset, meta: dict, side: _Side, lut, exact):
+        self.name = name
+        self.path = path
+        self.ds = ds
+        self.top_k = int(meta["top_k"])
+        self.side = side
+        self.lut = lut  # source id -> target id (int32, -1 = none), length = logits dim
+        self.exact = exact  # source id -> surface identical to lut's target
+
+
+def _table(ds: datasets.Dataset) -> pa.Table:
+    data = ds.data
+    return data.table if hasattr(data, "table") else data
+
+
+def _csr(column: pa.ChunkedArray) -> tuple:
+    """(offsets int64 [n+1] starting at 0, flat values) of a list column slice."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
+    offsets = offsets - offsets[0]
+    return offsets, arr.flatten()
+
+
+def _fixed(values: pa.Array, width: int, dtype) -> np.ndarray:
+    flat = values.flatten() if pa.types.is_fixed_size_list(values.type) else values
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, width)
+
+
+# ------------------------------------------------------------------------------------ groups
+
+
+def _groups_from_path(a_idx: np.ndarray, b_idx: np.ndarray) -> np.ndarray:
+    """DTW path cells (monotone, in order) -> groups: the path's connected runs, split at
+    diagonal steps. Rows (a0, a1, b0, b1)."""
+    if a_idx.size == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    diag = (np.diff(a_idx) != 0) & (np.diff(b_idx) != 0)
+    starts = np.concatenate([[0], np.flatnonzero(diag) + 1])
+    ends = np.concatenate([starts[1:], [a_idx.size]]) - 1
+    return np.stack([a_idx[starts], a_idx[ends] + 1, b_idx[starts], b_idx[ends] + 1], axis=1).astype(np.int64)
+
+
+def _dtw_cells(b_to_a: list) -> tuple:
+    lens = np.fromiter((len(x) for x in b_to_a), dtype=np.int64, count=len(b_to_a))
+    a_idx = np.fromiter(itertools.chain.from_iterable(b_to_a), dtype=np.int64, count=int(lens.sum()))
+    b_idx = np.repeat(np.arange(len(b_to_a), dtype=np.int64), lens)
+    return a_idx, b_idx, lens
+
+
+def _dedupe_compact(ids: np.ndarray, logits: np.ndarray) -> tuple:
+    """Drop -1 and repeated ids (keeping the first), compact left, pad with -1 / 0."""
+    k = ids.shape[1]
+    bad = ids < 0
+    for j in range(1, k):
+        bad[:, j] |= (ids[:, :j] == ids[:, j : j + 1]).any(axis=1)
+    rows = np.flatnonzero(bad.any(axis=1))  # most rows need nothing
+    if rows.size:
+        b = bad[rows]
+        order = np.argsort(b, axis=1, kind="stable")  # kept entries first, in their order
+        sub_ids = np.take_along_axis(ids[rows], order, axis=1)
+        sub_log = np.take_along_axis(logits[rows], order, axis=1)
+        b = np.take_along_axis(b, order, axis=1)
+        sub_ids[b] = -1
+        sub_log[b] = 0
+        ids[rows] = sub_ids
+        logits[rows] = sub_log
+    return ids, logits
+
+
+# ------------------------------------------------------------------------------- the batch op
+
+
+class _Context:
+    def __init__(self, tgt_tok, target: _Side, canon, sources, mode, top_k, threads, text_column):
+        self.tgt_tok = tgt_tok
+        self.target = target
+        self.canon = canon
+        self.sources = sources
+        self.mode = mode
+        self.top_k = top_k
+        self.threads = threads
+        self.text_column = text_column
+
+
+def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat, tgt_off, out) -> None:
+    n = len(texts)
+    tab = _table(src.ds).slice(lo, n)
+    hashes = tab.column("text_hash").to_numpy()
+    if not np.array_equal(hashes, out["hashes"]):
+        bad = int(np.flatnonzero(hashes != out["hashes"])[0])
+        raise ValueError(
+            f"document {lo + bad}: source {src.name!r} was extracted from a different text than the data "
+            "given to align (mismatched source/target documents: extract and align must read the same "
+            "split output, in the same order)"
+        )
+    src_off, src_flat_pa = _csr(tab.column("input_ids"))
+    src_flat = np.asarray(src_flat_pa.to_numpy(zero_copy_only=False), dtype=np.int64)
+    ks = src.top_k
+    _, top_ids_pa = _csr(tab.column("topk_ids"))
+    _, top_log_pa = _csr(tab.column("topk_logits"))
+    top_ids = _fixed(top_ids_pa, ks, np.int64)
+    top_log = _fixed(top_log_pa, ks, np.float16)
+    _, ce_pa = _csr(tab.column("ce"))
+    ce = np.asarray(ce_pa.to_numpy(zero_copy_only=False), dtype=np.float64)
+    doc_ce = tab.column("doc_ce").to_numpy().astype(np.float32)
+    if src_flat.size and src_flat.max() >= src.lut.size:
+        raise ValueError(f"source {src.name!r}: token id {int(src_flat.max())} beyond its vocabulary")
+
+    tgt_lens = np.diff(tgt_off)
+    groups: list = [None] * n
+    dtw_docs: list = []
+    if ctx.mode == "bytes":
+        not_space = np.array([not t.startswith(" ") for t in texts], dtype=bool)
+        a_list, b_list = [], []
+        for d in range(n):
+            a = src_flat[src_off[d] : src_off[d + 1]]
+            b = tgt_flat[tgt_off[d] : tgt_off[d + 1]]
+            if not_space[d] and src.side.starts_with_space[a[0]]:
+                a = a.copy()
+                a[0] += src.side.size
+            if not_space[d] and ctx.target.starts_with_space[b[0]]:
+                b = b.copy()
+                b[0] += ctx.target.size
+            a_list.append(a)
+            b_list.append(b)
+        from fusekern.align import span_align_ids_batch
+
+        res = span_align_ids_batch(
+            a_list,
+            b_list,
+            src.side.byte_vocab,
+            ctx.target.byte_vocab,
+            threads=ctx.threads,
+            on_mismatch="none",
+        )
+        for d, g in enumerate(res):
+            if g is None:
+                dtw_docs.append(d)
+            else:
+                groups[d] = g
+    else:
+        dtw_docs = list(range(n))
+
+    single = np.full(tgt_flat.size, -1, dtype=np.int64)  # fusellm: the one source token DTW maps to
+    if dtw_docs:
+        from fusekern.align import dtw_batch
+
+        a_str = [[src.side.dtw_strings[i] for i in src_flat[src_off[d] : src_off[d + 1]]] for d in dtw_docs]
+        b_str = [[ctx.target.dtw_strings[i] for i in tgt_flat[tgt_off[d] : tgt_off[d + 1]]] for d in dtw_docs]
+        for d, (_, b_to_a) in zip(dtw_docs, dtw_batch(a_str, b_str, threads=ctx.threads)):
+            a_idx, b_idx, lens = _dtw_cells(b_to_a)
+            groups[d] = _groups_from_path(a_idx, b_idx)
+            if ctx.mode == "fusellm":
+                first = np.concatenate([[0], np.cumsum(lens)[:-1]])
+                one = lens == 1
+                single[tgt_off[d] + np.flatnonzero(one)] = src_off[d] + a_idx[first[one]]
+
+    # All groups of the batch, in global (flat) coordinates.
+    g_counts = np.array([len(g) for g in groups], dtype=np.int64)
+    g = np.concatenate(groups).astype(np.int64) if n else np.zeros((0, 4), dtype=np.int64)
+    doc_of_g = np.repeat(np.arange(n), g_counts)
+    a0, a1, b0, b1 = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
+    ga0, ga1 = a0 + src_off[doc_of_g], a1 + src_off[doc_of_g]
+    gb0 = b0 + tgt_off[doc_of_g]
+    if not np.array_equal(np.bincount(doc_of_g, weights=b1 - b0, minlength=n).astype(np.int64), tgt_lens):
+        raise RuntimeError("alignment groups do not cover the target tokens")  # aligner contract broken
+
+    # Token-level CE: each group's source NLL shared by its predicted target tokens.
+    # nll[j] = CE of source token j given its prefix = ce at position j-1.
+    nll = np.concatenate([[0.0], ce[:-1]]) if ce.size else ce.copy()
+    nll[src_off[:-1]] = 0.0  # a document's first token is predicted by nobody
+    # Groups tile the batch's source tokens in order, so segment sums are exact group sums
+    # (a 1:1 group gets exactly its token's CE).
+    group_nll = np.add.reduceat(nll, ga0) if ga0.size else np.zeros(0)
+    if not np.array_equal(ga1[:-1], ga0[1:]) or (ga1.size and ga1[-1] != src_flat.size):
+        raise RuntimeError("alignment groups do not tile the source tokens")  # aligner contract broken
+    predicted = (b1 - b0) - (b0 == 0)
+    share = group_nll / np.maximum(predicted, 1)
+    # A first group whose only source token is the unpredicted first one has no source NLL for
+    # the target tokens it holds: use the document mean rather than a flattering 0.
+    no_src = (a1 - a0) - (a0 == 0) == 0
+    share[no_src] = doc_ce[doc_of_g[no_src]]
+    per_tok = np.repeat(share, b1 - b0)
+    is_last = np.zeros(tgt_flat.size, dtype=bool)
+    is_last[tgt_off[1:] - 1] = True
+    pos_ce = np.zeros(tgt_flat.size, dtype=np.float32)
+    pos_ce[~is_last] = per_tok[np.flatnonzero(~is_last) + 1]
+
+    # Which target positions take which source position.
+    src_pos = np.full(tgt_flat.size, -1, dtype=np.int64)
+    if ctx.mode == "bytes":
+        one = (a1 - a0 == 1) & (b1 - b0 == 1) & (a0 > 0) & (b0 > 0)
+        if dtw_docs:  # DTW groups only count where the two tokens read the same
+            in_dtw = np.isin(doc_of_g, dtw_docs)
+            same = src.exact[src_flat[ga0]] & (src.lut[src_flat[ga0]] == ctx.canon[tgt_flat[gb0]])
+            one &= ~in_dtw | same
+        src_pos[gb0[one] - 1] = ga0[one] - 1
+    else:
+        ok = single >= 0
+        ok[ok] = src.lut[src_flat[single[ok]]] == ctx.canon[tgt_flat[ok]]
+        # FuseLLM's first-token case (MPT/NeoX source, Llama target): "The" matches "▁The".
+        for d in range(n):
+            t0 = tgt_off[d]
+            if single[t0] >= 0 and not ok[t0]:
+                a_s = src.side.lstrip_strings[src_flat[single[t0]]]
+                ok[t0] = a_s != "" and a_s == ctx.target.lstrip_strings[tgt_flat[t0]]
+        src_pos[ok] = single[ok]
+    src_pos[is_last] = -1
+
+    ids = out["teacher_ids"]
+    logits = out["teacher_logits"]
+    aligned = np.flatnonzero(src_pos >= 0)
+    m_ids, m_log = _dedupe_compact(src.lut[top_ids[src_pos[aligned]]], top_log[src_pos[aligned]].copy())
+    ids[aligned, s, :ks] = m_ids
+    logits[aligned, s, :ks] = m_log
+    fallback = np.flatnonzero((src_pos < 0) & ~is_last)
+    ids[fallback, s, 0] = tgt_flat[fallback + 1]
+    logits[fallback, s, 0] = 1.0
+    out["source_ce"][:, s] = pos_ce
+    out["source_ce_doc"][:, s] = doc_ce
+    out["n_aligned"][:, s] = np.bincount(
+        np.searchsorted(tgt_off, aligned, side="right") - 1, minlength=n
+    ).astype(np.int32)
+    out["used_dtw"][dtw_docs, s] = True
+
+
+def _align_batch(batch: pa.Table, indices: list, *, ctx: _Context) -> pa.Table:
+    texts = batch.column(ctx.text_column).to_pylist()
+    n = len(texts)
+    lo = int(indices[0])
+    if list(indices) != list(range(lo, lo + n)):
+        raise RuntimeError("align expects contiguous batches")  # datasets.map guarantees this
+    for j, t in enumerate(texts):
+        if t is None or not t.strip():
+            raise ValueError(
+                f"document {lo + j} is empty; drop empty documents first (`fusekern split` does)"
+            )
+    eos = int(ctx.tgt_tok.eos_token_id)
+    tgt_lists = [x + [eos] for x in encode(ctx.tgt_tok, texts)]
+    tgt_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in tgt_lists], out=tgt_off[1:])
+    tgt_flat = np.fromiter(itertools.chain.from_iterable(tgt_lists), dtype=np.int64, count=int(tgt_off[-1]))
+    if tgt_flat.size and tgt_flat.max() >= ctx.target.size:
+        raise ValueError(f"target token id {int(tgt_flat.max())} beyond the target tokenizer's vocabulary")
+    num_s, k, nt = len(ctx.sources), ctx.top_k, tgt_flat.size
+    out = {
+        "hashes": text_hashes(texts),
+        "teacher_ids": np.full((nt, num_s, k), -1, dtype=np.int32),
+        "teacher_logits": np.zeros((nt, num_s, k), dtype=np.float16),
+        "source_ce": np.zeros((nt, num_s), dtype=np.float32),
+        "source_ce_doc": np.zeros((n, num_s), dtype=np.float32),
+        "n_aligned": np.zeros((n, num_s), dtype=np.int32),
+        "used_dtw": np.zeros((n, num_s), dtype=bool),
+    }
+    for s, src in enumerate(ctx.sources):
+        _align_source(ctx, src, s, texts, lo, tgt_flat, tgt_off, out)
+
+    offsets = pa.array(tgt_off.astype(np.int32), type=pa.int32())
+
+    def per_token(values: np.ndarray, typ: pa.DataType, shape: tuple) -> pa.Array:
+        arr = pa.array(values.reshape(-1), type=typ)
+        for width in reversed(shape):
+            arr = pa.FixedSizeListArray.from_arrays(arr, width)
+        return pa.ListArray.from_arrays(offsets, arr)
+
+    def per_doc(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), num_s)
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(np.arange(lo, lo + n, dtype=np.int64)),
+            pa.ListArray.from_arrays(offsets, pa.array(tgt_flat.astype(np.int32), type=pa.int32())),
+            per_token(out["teacher_ids"], pa.int32(), (num_s, k)),
+            per_token(out["teacher_logits"], pa.float16(), (num_s, k)),
+            per_token(out["source_ce"], pa.float32(), (num_s,)),
+            per_doc(out["source_ce_doc"], pa.float32()),
+            per_doc(out["n_aligned"], pa.int32()),
+            per_doc(out["used_dtw"], pa.bool_()),
+        ],
+        schema=aligned_features(num_s, k).arrow_schema,
+    )
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+def _source_lut(vmap: Any, logits_dim: int, target_size: int) -> tuple:
+    lut = np.full(max(logits_dim, vmap.source_size), -1, dtype=np.int64)
+    lut[: vmap.source_size] = vmap.ids
+    if (lut >= target_size).any():
+        raise ValueError(f"vocab map sends ids to {int(lut.max())}, beyond the target's {target_size} ids")
+    exact = np.zeros(lut.size, dtype=bool)
+    exact[: vmap.source_size] = vmap.exact & (vmap.ids >= 0)
+    return lut, exact
+
+
+def run_align(
+    target_tokenizer: Any,
+    data: DataLike,
+    source_extract_dirs: Sequence[str],
+    out_dir: str,
+    *,
+    source_names: Sequence[str] | None = None,
+    vocab_maps: Sequence[str | None] | None = None,
+    mode: str = "bytes",
+    num_proc: int = 1,
+    text_column: str = "text",
+    split: str | None = None,
+    batch_size: int = 256,
+    threads: int | None = None,
+) -> str:
+    """Align the extracts in ``source_extract_dirs`` (made by :func:`run_extract` on the same
+    ``data``) to ``target_tokenizer``'s tokens; write one row per document to ``out_dir``
+    (``save_to_disk``, plus ``align_meta.json``). Returns ``out_dir``.
+
+    ``vocab_maps``: one path (or None = compute now) per source, from :func:`run_vocab_map`
+    or ``fusekern vocab-map``. ``mode``: ``"bytes"`` (default) or ``"fusellm"`` (module doc).
+    ``num_proc``: ``datasets.map`` worker processes; ``threads``: native threads per worker
+    (default: all cores when ``num_proc == 1``, else 1).
+    """
+    t0 = time.time()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(source_extract_dirs, (str, os.PathLike)):
+        source_extract_dirs = [source_extract_dirs]
+    if not source_extract_dirs:
+        raise ValueError("source_extract_dirs is empty: pass at least one extract directory")
+    num_s = len(source_extract_dirs)
+    if source_names is None:
+        source_names = [os.path.basename(os.path.normpath(os.fspath(p))) for p in source_extract_dirs]
+    if len(source_names) != num_s:
+        raise ValueError(f"source_names has {len(source_names)} entries for {num_s} sources")
+    if vocab_maps is None:
+        vocab_maps = [None] * num_s
+    if len(vocab_maps) != num_s:
+        raise ValueError(f"vocab_maps has {len(vocab_maps)} entries for {num_s} sources")
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise ValueError(f"num_proc must be a positive int, got {num_proc!r}")
+    if threads is None:
+        threads = None if num_proc == 1 else 1
+
+    tgt_tok = load_tokenizer(target_tokenizer)
+    if tgt_tok.eos_token_id is None:
+        raise ValueError("target tokenizer has no eos_token (the pipeline appends EOS to every document)")
+    ds = load_texts(data, text_column=text_column, split=split).select_columns([text_column])
+    from fusekern.align.vocab import canonical_target_ids
+
+    target = _Side(tgt_tok)
+    canon = canonical_target_ids(tgt_tok)
+    canon = np.concatenate([canon, np.arange(canon.size, target.size, dtype=np.int64)])
+
+    sources = []
+    for name, path, vm_path in zip(source_names, source_extract_dirs, vocab_maps):
+        path = os.fspath(path)
+        ext_ds, meta = load_extract(path)
+        if meta["num_docs"] != len(ds):
+            raise ValueError(
+                f"source {name!r}: its extract has {meta['num_docs']} documents but the data has {len(ds)} "
+                "(mismatched source/target documents: extract and align must read the same data)"
+            )
+        src_tok = load_tokenizer(os.path.join(path, "tokenizer"))
+        vmap = (
+            load_vocab_map(vm_path, src_tok, tgt_tok)
+            if vm_path is not None
+            else build_vocab_map(src_tok, tgt_tok, threads=threads)
+        )
+        lut, exact = _source_lut(vmap, int(meta["vocab_size"]), target.size)
+        sources.append(_Source(name, path, ext_ds, meta, _Side(src_tok), lut, exact))
+    top_k = max(s.top_k for s in sources)
+    ctx = _Context(tgt_tok, target, canon, sources, mode, top_k, threads, text_column)
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    cache = os.path.join(parent, f".tmp-align-cache-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(cache)
+    try:
+        aligned = (
+            ds.with_format("arrow")
+            .map(
+                _align_batch,
+                batched=True,
+                batch_size=batch_size,
+                with_indices=True,
+                num_proc=num_proc if num_proc > 1 else None,
+                remove_columns=[text_column],
+                features=aligned_features(num_s, top_k),
+                fn_kwargs={"ctx": ctx},
+                cache_file_name=os.path.join(cache, "aligned.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint=f"fusekern-align-{uuid.uuid4().hex}",
+                desc=f"align ({mode})",
+            )
+            .with_format(None)
+        )
+        table = _table(aligned)
+        n_tokens = int(pa.compute.sum(pa.compute.list_value_length(table.column("input_ids"))).as_py() or 0)
+        n_aligned = _fixed(table.column("n_aligned").combine_chunks(), num_s, np.int64).sum(axis=0)
+        n_dtw = _fixed(table.column("used_dtw").combine_chunks(), num_s, bool).sum(axis=0)
+        n_pred = n_tokens - len(aligned)
+        meta = {
+            "format": FORMAT,
+            "sources": list(source_names),
+            "source_dirs": [os.path.abspath(os.fspath(p)) for p in source_extract_dirs],
+            "target": name_of(target_tokenizer),
+            "top_k": top_k,
+            "mode": mode,
+            "num_docs": len(aligned),
+            "num_tokens": n_tokens,
+            "aligned_fraction": {
+                name: round(float(a) / max(n_pred, 1), 6) for name, a in zip(source_names, n_aligned)
+            },
+            "dtw_docs": {name: int(c) for name, c in zip(source_names, n_dtw)},
+            "seconds": round(time.time() - t0, 3),
+        }
+        save_dataset_atomic(aligned, out_dir, {META_FILE: meta})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print(
+        f"align ({mode}): {meta['num_docs']} documents, {n_tokens} target tokens, aligned "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in meta["aligned_fraction"].items())
+        + f" in {meta['seconds']:.1f}s -> {out_dir}"
+    )
+    return out_dir

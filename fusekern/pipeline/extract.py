@@ -1,0 +1,512 @@
+"""Stage 2, extract: run one source model over the documents and keep, per token, the top-k of
+its next-token distribution, compactly and unpadded.
+
+Tokenisation (as FuseLLM's ``forward_for_logits``): each document is tokenized with
+``add_special_tokens=False`` (no BOS) and the tokenizer's ``eos_token_id`` is appended as the
+last token. FuseLLM appends the EOS *string* to the text before tokenizing, which gives the
+same ids whenever the tokenizer parses its special tokens out of text (all HF tokenizers do
+by default); appending the id is the same thing without depending on that.
+
+Output directory (see docs/DATA_FORMAT.md)::
+
+    OUT/extract_meta.json           settings shared by every shard (checked on reruns)
+    OUT/tokenizer/                  the tokenizer, saved, so later stages need only OUT
+    OUT/shard-00000-of-00004/       one finished shard (renamed into place when complete)
+        data.arrow                  Arrow stream, one row per document, in document order
+        shard.json                  document range, token count, timing
+    OUT/extract.log                 one line per shard computed (which process, when)
+
+Rows: ``doc_id`` int64, ``text_hash`` int64, ``input_ids`` list<int32> [L],
+``topk_ids`` list<fixed_size_list<int32>[K]> [L, K], ``topk_logits`` (same, float16),
+``ce`` list<float32> [L] (CE of the gold next token at each position; the last position has
+no next token and holds 0), ``doc_ce`` float32 (mean of ``ce`` over the L-1 predictions).
+
+The vocabulary size is the model's logits dimension (output embedding rows, else
+``config.vocab_size``), never ``len(tokenizer)``: Qwen-style models pad their logits past the
+tokenizer; a tokenizer with *more* ids than the logits is an error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import socket
+import time
+import uuid
+from typing import Any, Sequence, Union
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from fusekern.pipeline.io import (
+    DataLike,
+    encode,
+    load_causal_lm,
+    load_texts,
+    load_tokenizer,
+    name_of,
+    read_json,
+    replace_dir,
+    text_hashes,
+    write_json_atomic,
+)
+
+FORMAT = "fusekern-extract/1"
+META_FILE = "extract_meta.json"
+LOG_FILE = "extract.log"
+# Testing aid: seconds to sleep after each window is written (lets a test kill the process
+# while a shard is half-written). Never set in normal use.
+_PAUSE_ENV = "FUSEKERN_EXTRACT_TEST_PAUSE"
+
+# Settings that must agree between runs writing into the same directory.
+_CHECKED_KEYS = ("format", "num_docs", "num_shards", "top_k", "vocab_size", "tokenizer_size", "eos_token_id")
+
+
+def extract_features(top_k: int) -> datasets.Features:
+    """The ``datasets`` features of an extract shard (also its Arrow schema)."""
+    seq = datasets.Sequence
+    return datasets.Features(
+        {
+            "doc_id": datasets.Value("int64"),
+            "text_hash": datasets.Value("int64"),
+            "input_ids": seq(datasets.Value("int32")),
+            "topk_ids": seq(seq(datasets.Value("int32"), length=top_k)),
+            "topk_logits": seq(seq(datasets.Value("float16"), length=top_k)),
+            "ce": seq(datasets.Value("float32")),
+            "doc_ce": datasets.Value("float32"),
+        }
+    )
+
+
+def shard_bounds(num_docs: int, num_shards: int, index: int) -> tuple[int, int]:
+    """Contiguous document range of shard ``index`` (sizes differ by at most one)."""
+    return index * num_docs // num_shards, (index + 1) * num_docs // num_shards
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"shard-{index:05d}-of-{num_shards:05d}"
+
+
+def logits_dim(model: Any) -> int:
+    """Rows of the model's output projection: the real size of its next-token distribution."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not size:
+        raise ValueError(
+            "cannot tell the model's logits dimension (no output embeddings, no config.vocab_size)"
+        )
+    return int(size)
+
+
+def _max_positions(model: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _resolve_dtype(dtype: Any, device: Any):
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
+    if str(dtype) not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
+    return names[str(dtype)]
+
+
+def _resolve_device(device: Any):
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _assigned_shards(num_shards: int, shard_index: Union[int, Sequence[int], None]) -> list:
+    if shard_index is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", "0") or 0)
+        return [i for i in range(num_shards) if i % world == rank]
+    indices = [shard_index] if isinstance(shard_index, int) else list(shard_index)
+    for i in indices:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_shards:
+            raise ValueError(f"shard_index must be in [0, {num_shards}), got {i!r}")
+    return indices
+
+
+def _check_or_write_meta(out_dir: str, meta: dict) -> None:
+    path = os.path.join(out_dir, META_FILE)
+    if os.path.exists(path):
+        old = read_json(path)
+        diff = {k: (old.get(k), meta[k]) for k in _CHECKED_KEYS if old.get(k) != meta[k]}
+        if diff:
+            detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"out_dir {out_dir!r} holds an extract made with other settings ({detail}); use a new out_dir"
+            )
+        return
+    write_json_atomic(path, meta)
+
+
+def _save_tokenizer(tok: Any, out_dir: str) -> None:
+    final = os.path.join(out_dir, "tokenizer")
+    if os.path.isdir(final):
+        return
+    tmp = os.path.join(out_dir, f".tmp-tokenizer-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process put it there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _log(out_dir: str, line: str) -> None:
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(os.path.join(out_dir, LOG_FILE), "a", encoding="utf-8") as f:
+        f.write(f"{stamp} pid={os.getpid()} host={socket.gethostname()} {line}\n")
+
+
+def _finished_shard_ok(path: str, expected_hashes: np.ndarray) -> bool:
+    """A finished shard is reused only if it was computed from exactly these documents."""
+    if not (
+        os.path.isfile(os.path.join(path, "shard.json")) and os.path.isfile(os.path.join(path, "data.arrow"))
+    ):
+        return False
+    table = _read_arrow(os.path.join(path, "data.arrow"))
+    got = table.column("text_hash").to_numpy()
+    if got.shape != expected_hashes.shape or not np.array_equal(got, expected_hashes):
+        raise ValueError(
+            f"{path} was computed from different documents than the data given now; use a new out_dir"
+        )
+    return True
+
+
+def _read_arrow(path: str) -> pa.Table:
+    with pa.memory_map(path) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def _record_batch(schema: pa.Schema, top_k: int, rows: list) -> pa.RecordBatch:
+    """rows: (doc_id, text_hash, ids[L] int32, top_ids[L,K] int32, top_logits[L,K] f16, ce[L] f32, doc_ce)."""
+    lengths = np.array([len(r[2]) for r in rows], dtype=np.int64)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    offsets_pa = pa.array(offsets, type=pa.int32())
+
+    def lst(flat: np.ndarray, typ: pa.DataType) -> pa.Array:
+        return pa.ListArray.from_arrays(offsets_pa, pa.array(flat, type=typ))
+
+    def lst_k(flat: np.ndarray, typ: pa.DataType) -> pa.Array:
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=typ), top_k)
+        return pa.ListArray.from_arrays(offsets_pa, inner)
+
+    cols = [
+        pa.array([r[0] for r in rows], type=pa.int64()),
+        pa.array([r[1] for r in rows], type=pa.int64()),
+        lst(np.concatenate([r[2] for r in rows]), pa.int32()),
+        lst_k(np.concatenate([r[3] for r in rows]), pa.int32()),
+        lst_k(np.concatenate([r[4] for r in rows]), pa.float16()),
+        lst(np.concatenate([r[5] for r in rows]), pa.float32()),
+        pa.array([r[6] for r in rows], type=pa.float32()),
+    ]
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def _forward_batch(model, batch_ids: list, device, top_k: int, pad_id: int) -> list:
+    """Top-k and gold-token CE for a batch of token-id lists (right-padded, causal: padding
+    never influences real positions)."""
+    import torch
+    import torch.nn.functional as F
+
+    lmax = max(len(x) for x in batch_ids)
+    inp = torch.full((len(batch_ids), lmax), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), lmax), dtype=torch.long)
+    for b, ids in enumerate(batch_ids):
+        inp[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        mask[b, : len(ids)] = 1
+    inp, mask = inp.to(device), mask.to(device)
+    logits = model(input_ids=inp, attention_mask=mask).logits
+    out = []
+    for b, ids in enumerate(batch_ids):
+        n = len(ids)
+        lg = logits[b, :n].float()  # one document at a time keeps the fp32 copy small
+        top_v, top_i = torch.topk(lg, top_k, dim=-1)
+        ce = torch.zeros(n, dtype=torch.float32, device=lg.device)
+        if n > 1:
+            ce[:-1] = F.cross_entropy(lg[:-1], inp[b, 1:n], reduction="none")
+        if not torch.isfinite(top_v).all():
+            raise ValueError("the model produced non-finite logits (try dtype='float32')")
+        out.append(
+            (
+                top_i.to(torch.int32).cpu().numpy(),
+                top_v.to(torch.float16).cpu().numpy(),
+                ce.cpu().numpy(),
+                float(ce[:-1].mean()) if n > 1 else 0.0,
+            )
+        )
+    return out
+
+
+def run_extract(
+    model: Any,
+    data: DataLike,
+    out_dir: str,
+    *,
+    tokenizer: Any = None,
+    top_k: int = 10,
+    batch_size: int = 8,
+    num_shards: int | None = None,
+    shard_index: Union[int, Sequence[int], None] = None,
+    device: Any = None,
+    dtype: Any = None,
+    text_column: str = "text",
+    split: str | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> str:
+    """Extract per-token top-``top_k`` (ids int32, logits fp16) and gold-token CE of ``model``
+    over ``data`` into ``out_dir`` (layout in the module docstring). Returns ``out_dir``.
+
+    ``model``/``tokenizer``: objects, local directories or Hub names (``tokenizer`` defaults to
+    ``model`` when that is a path/name). Sharding: the documents are cut into ``num_shards``
+    contiguous shards (default: ``$WORLD_SIZE`` or 1); this call computes ``shard_index`` (an
+    int or a list), by default every shard ``i`` with ``i % $WORLD_SIZE == $RANK`` — all of them
+    in a single process, its own share under ``accelerate launch``/``torchrun``. Each shard is
+    written to a temporary directory and renamed when complete; finished shards are skipped on
+    reruns. ``dtype``: bf16 on CUDA and fp32 on CPU by default.
+    """
+    import torch
+
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if num_shards is None:
+        num_shards = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
+        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
+    shards = _assigned_shards(num_shards, shard_index)
+
+    ds = load_texts(data, text_column=text_column, split=split)
+    n_docs = len(ds)
+    if n_docs == 0:
+        raise ValueError("data has no documents")
+    if num_shards > n_docs:
+        raise ValueError(f"num_shards ({num_shards}) is larger than the number of documents ({n_docs})")
+    if tokenizer is None:
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("tokenizer= is required when model is a model object")
+        tokenizer = model
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    if tok.eos_token_id is None:
+        raise ValueError(
+            "tokenizer has no eos_token: extraction appends EOS to every document, as FuseLLM does"
+        )
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    from_path = isinstance(model, (str, os.PathLike))
+    lm = load_causal_lm(model, dtype=torch_dtype if from_path else None, trust_remote_code=trust_remote_code)
+    if from_path or dtype is not None:
+        lm = lm.to(dtype=torch_dtype)
+    lm = lm.to(dev).eval()
+    vocab = logits_dim(lm)
+    if len(tok) > vocab:
+        raise ValueError(
+            f"tokenizer has {len(tok)} ids but the model's logits dimension is {vocab}: ids >= {vocab} "
+            "would have no logit (is this the model's own tokenizer?)"
+        )
+    if top_k > vocab:
+        raise ValueError(f"top_k ({top_k}) exceeds the model's vocabulary ({vocab})")
+    max_len = max_length if max_length is not None else _max_positions(lm)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "model": name_of(model),
+        "tokenizer": name_of(tokenizer),
+        "data": name_of(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__,
+        "text_column": text_column,
+        "num_docs": n_docs,
+        "num_shards": num_shards,
+        "top_k": top_k,
+        "vocab_size": vocab,
+        "tokenizer_size": len(tok),
+        "eos_token_id": int(tok.eos_token_id),
+        "bos_added": False,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+    }
+    _check_or_write_meta(out_dir, meta)
+    _save_tokenizer(tok, out_dir)
+
+    schema = extract_features(top_k).arrow_schema
+    pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
+    todo = []
+    for index in shards:
+        lo, hi = shard_bounds(n_docs, num_shards, index)
+        final = os.path.join(out_dir, shard_name(index, num_shards))
+        hashes = text_hashes(ds[lo:hi][text_column])
+        if os.path.isdir(final) and _finished_shard_ok(final, hashes):
+            print(f"extract: {shard_name(index, num_shards)} already finished, skipped")
+            continue
+        todo.append((index, lo, hi, hashes))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(hi - lo for _, lo, hi, _ in todo), unit="doc", desc="extract", disable=not progress)
+    window = max(256, 32 * batch_size)
+    with torch.inference_mode():
+        for index, lo, hi, hashes in todo:
+            t0 = time.time()
+            name = shard_name(index, num_shards)
+            final = os.path.join(out_dir, name)
+            for stale in os.listdir(out_dir):  # leftovers of a killed run on this shard
+                if stale.startswith(f".tmp-{name}-"):
+                    shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
+            tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.makedirs(tmp)
+            n_tokens = 0
+            with (
+                pa.OSFile(os.path.join(tmp, "data.arrow"), "wb") as sink,
+                pa.ipc.new_stream(sink, schema) as writer,
+            ):
+                for w0 in range(lo, hi, window):
+                    w1 = min(hi, w0 + window)
+                    texts = ds[w0:w1][text_column]
+                    rows = _extract_window(
+                        lm,
+                        tok,
+                        texts,
+                        w0,
+                        hashes[w0 - lo : w1 - lo],
+                        dev,
+                        top_k,
+                        batch_size,
+                        vocab,
+                        max_len,
+                        pad_id,
+                    )
+                    n_tokens += sum(len(r[2]) for r in rows)
+                    writer.write_batch(_record_batch(schema, top_k, rows))
+                    bar.update(w1 - w0)
+                    if pause:
+                        time.sleep(pause)
+            seconds = time.time() - t0
+            write_json_atomic(
+                os.path.join(tmp, "shard.json"),
+                {
+                    "shard": index,
+                    "num_shards": num_shards,
+                    "doc_start": lo,
+                    "doc_end": hi,
+                    "tokens": n_tokens,
+                    "seconds": round(seconds, 3),
+                },
+            )
+            replace_dir(tmp, final)  # a rename; clears a damaged leftover first
+            _log(out_dir, f"computed {name} docs [{lo}, {hi}) tokens={n_tokens} seconds={seconds:.2f}")
+    bar.close()
+    missing = missing_shards(out_dir)
+    if missing:
+        print(
+            f"extract: {num_shards - len(missing)}/{num_shards} shards finished in {out_dir} "
+            f"(missing: {missing[:8]}{'...' if len(missing) > 8 else ''})"
+        )
+    else:
+        print(f"extract: complete, {num_shards} shard(s) in {out_dir}")
+    return out_dir
+
+
+def _extract_window(
+    lm, tok, texts, first_doc, hashes, device, top_k, batch_size, vocab, max_len, pad_id
+) -> list:
+    for j, t in enumerate(texts):
+        if t is None or not t.strip():
+            raise ValueError(
+                f"document {first_doc + j} is empty (column text is empty or whitespace); "
+                "drop empty documents first (`fusekern split` does)"
+            )
+    ids = encode(tok, texts)
+    eos = int(tok.eos_token_id)
+    seqs = []
+    for j, x in enumerate(ids):
+        if not x:
+            raise ValueError(f"document {first_doc + j} tokenizes to no tokens")
+        seq = np.asarray(x + [eos], dtype=np.int64)
+        if seq.max() >= vocab:
+            raise ValueError(
+                f"document {first_doc + j}: token id {int(seq.max())} >= the model's logits dimension {vocab}"
+            )
+        if max_len is not None and len(seq) > max_len:
+            raise ValueError(
+                f"document {first_doc + j} has {len(seq)} tokens (EOS included), more than the model's "
+                f"{max_len} positions; run `fusekern split` with a block size <= {max_len} first"
+            )
+        seqs.append(seq)
+    order = sorted(range(len(seqs)), key=lambda j: (-len(seqs[j]), j))  # long first: little padding
+    results: list = [None] * len(seqs)
+    for b0 in range(0, len(order), batch_size):
+        idx = order[b0 : b0 + batch_size]
+        for j, res in zip(idx, _forward_batch(lm, [seqs[j] for j in idx], device, top_k, pad_id)):
+            results[j] = res
+    return [
+        (first_doc + j, int(hashes[j]), seqs[j].astype(np.int32), r[0], r[1], r[2], r[3])
+        for j, r in enumerate(results)
+    ]
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def missing_shards(out_dir: str) -> list:
+    meta = read_json(os.path.join(out_dir, META_FILE))
+    n = meta["num_shards"]
+    return [i for i in range(n) if not os.path.isfile(os.path.join(out_dir, shard_name(i, n), "shard.json"))]
+
+
+def load_extract(out_dir: str) -> tuple[datasets.Dataset, dict]:
+    """The complete extract in ``out_dir`` as one memory-mapped ``datasets.Dataset`` (row i =
+    document i) and its meta. Raises ``ValueError`` if a shard is missing."""
+    path = os.path.join(out_dir, META_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{out_dir!r} is not an extract directory (no {META_FILE})")
+    meta = read_json(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{out_dir!r}: unknown extract format {meta.get('format')!r} (expected {FORMAT!r})")
+    missing = missing_shards(out_dir)
+    if missing:
+        raise ValueError(
+            f"extract in {out_dir!r} is incomplete: shards {missing} of {meta['num_shards']} are missing "
+            "(rerun `fusekern extract` with the same arguments to finish it)"
+        )
+    parts = [
+        datasets.Dataset.from_file(os.path.join(out_dir, shard_name(i, meta["num_shards"]), "data.arrow"))
+        for i in range(meta["num_shards"])
+    ]
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if len(ds) != meta["num_docs"]:
+        raise ValueError(f"extract in {out_dir!r} has {len(ds)} rows, its meta says {meta['num_docs']}")
+    return ds, meta

@@ -1,0 +1,237 @@
+"""Loading what the pipeline stages consume (text datasets, tokenizers, models) from a local
+path, a Hub name or an in-memory object, plus small helpers for atomic on-disk output.
+
+Every stage accepts the same kinds of arguments, so the CLI, the demo and the tests share
+one code path: a ``datasets.Dataset`` / ``DatasetDict`` / list of strings, a directory made
+with ``save_to_disk``, a local ``.json``/``.jsonl``/``.parquet``/``.txt``/``.csv`` file (or a
+directory of them), or a Hub dataset name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Sequence, Union
+
+import datasets
+import numpy as np
+
+DataLike = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict, Sequence[str]]
+
+_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".csv": "csv",
+}
+
+
+def _pick_split(dd: datasets.DatasetDict, split: str | None, what: str) -> datasets.Dataset:
+    if split is not None:
+        if split not in dd:
+            raise ValueError(f"{what}: no split {split!r} (splits: {sorted(dd)})")
+        return dd[split]
+    if "train" in dd:
+        return dd["train"]
+    if len(dd) == 1:
+        return next(iter(dd.values()))
+    raise ValueError(f"{what}: several splits {sorted(dd)}; pass split=... to choose one")
+
+
+def load_texts(data: DataLike, *, text_column: str = "text", split: str | None = None) -> datasets.Dataset:
+    """A ``datasets.Dataset`` with a string column ``text_column``, from any supported source.
+
+    Local text files give one row per line (the ``datasets`` "text" builder's convention).
+    Raises ``ValueError`` naming the column when it is missing or not a string column.
+    """
+    what = f"data {data!r}" if isinstance(data, (str, os.PathLike)) else "data"
+    if isinstance(data, datasets.DatasetDict):
+        ds = _pick_split(data, split, what)
+    elif isinstance(data, datasets.Dataset):
+        ds = data
+    elif isinstance(data, (str, os.PathLike)):
+        ds = _load_path(os.fspath(data), split, what)
+    elif isinstance(data, Sequence) and all(isinstance(t, str) for t in data):
+        features = datasets.Features({text_column: datasets.Value("string")})
+        ds = datasets.Dataset.from_dict({text_column: list(data)}, features=features)
+    else:
+        raise TypeError(
+            f"data must be a path, a Hub name, a datasets.Dataset/DatasetDict or a list of str, "
+            f"got {type(data).__name__}"
+        )
+    if text_column not in ds.column_names:
+        raise ValueError(
+            f"{what} has no text column {text_column!r} (columns: {ds.column_names}); "
+            "pass text_column=... (--text-column) to name it"
+        )
+    feature = ds.features[text_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise ValueError(f"{what}: column {text_column!r} must hold strings, has {feature}")
+    return ds
+
+
+def _load_path(path: str, split: str | None, what: str) -> datasets.Dataset:
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_dict.json")):
+            return _pick_split(datasets.load_from_disk(path), split, what)
+        if os.path.exists(os.path.join(path, "state.json")):
+            return datasets.load_from_disk(path)
+        # A directory of data files: let `datasets` infer the builder from the extensions.
+        return _as_dataset(datasets.load_dataset(path, split=split), split, what)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise ValueError(f"{what}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}")
+        loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split=split or "train")
+        return _as_dataset(loaded, split, what)
+    looks_local = (
+        path.startswith((".", "/", "~"))
+        or path.count("/") > 1
+        or os.path.splitext(path)[1].lower() in _FILE_BUILDERS
+    )
+    if looks_local:
+        raise FileNotFoundError(f"{what}: no such file or directory")
+    return _as_dataset(datasets.load_dataset(path, split=split), split, what)  # a Hub name
+
+
+def _as_dataset(obj: Any, split: str | None, what: str) -> datasets.Dataset:
+    if isinstance(obj, datasets.DatasetDict):
+        return _pick_split(obj, split, what)
+    return obj
+
+
+def text_hash(text: str) -> int:
+    """A signed 64-bit digest of the text's UTF-8 bytes: lets later stages check that two stages
+    saw exactly the same document without storing the text twice."""
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True
+    )
+
+
+def text_hashes(texts: Sequence[str]) -> np.ndarray:
+    return np.fromiter((text_hash(t) for t in texts), dtype=np.int64, count=len(texts))
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def load_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False):
+    """A Hugging Face tokenizer from an object, a local directory or a Hub name
+    (:func:`fusekern.align.vocab.load_tokenizer`)."""
+    from fusekern.align.vocab import load_tokenizer as _load
+
+    return _load(tokenizer, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(model: Any, *, dtype=None, trust_remote_code: bool = False):
+    """A causal LM (``AutoModelForCausalLM``) from an object, a local directory or a Hub name."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(model, torch.nn.Module):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        return AutoModelForCausalLM.from_pretrained(os.fspath(model), **kwargs)
+    raise TypeError(f"model must be a path, a Hub name or a torch.nn.Module, got {type(model).__name__}")
+
+
+def name_of(obj: Any) -> str:
+    """A printable name for a model/tokenizer/dataset argument (its path or Hub name if known)."""
+    if isinstance(obj, (str, os.PathLike)):
+        return os.fspath(obj)
+    for attr in ("name_or_path",):
+        value = getattr(obj, attr, None)
+        if value:
+            return str(value)
+    cfg = getattr(obj, "config", None)
+    if cfg is not None and getattr(cfg, "_name_or_path", None):
+        return str(cfg._name_or_path)
+    return type(obj).__name__
+
+
+def tokenizer_name(tok: Any) -> str:
+    return name_of(tok) if getattr(tok, "name_or_path", "") else type(tok).__name__
+
+
+# ------------------------------------------------------------------------------------ disk helpers
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON so that readers see either the old file or the complete new one."""
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def replace_dir(tmp_dir: str, final_dir: str) -> None:
+    """Move a finished temporary directory into place (same filesystem: an atomic rename)."""
+    if os.path.isdir(final_dir):
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+
+
+def save_dataset_atomic(ds: datasets.Dataset, out_dir: str, extra_files: dict | None = None) -> None:
+    """``save_to_disk`` into a sibling temporary directory, add ``extra_files`` (name -> JSON
+    object), then rename: a crashed run never leaves something that looks finished."""
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(out_dir)}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        ds.save_to_disk(tmp)
+        for name, obj in (extra_files or {}).items():
+            write_json_atomic(os.path.join(tmp, name), obj)
+        replace_dir(tmp, out_dir)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ tokenizing
+
+
+def _backend(tok: Any):
+    return getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+
+
+def encode(tok: Any, texts: Sequence[str]) -> list:
+    """Token ids of each text, no special tokens added: the one tokenisation every stage uses
+    (split measures with it, extract and align feed it to the models). Fast tokenizers go
+    straight to their Rust backend, which is what their ``__call__`` runs, minus overhead."""
+    backend = _backend(tok)
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    return [list(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def count_tokens(tok: Any, text: str) -> int:
+    backend = _backend(tok)
+    if backend is not None:
+        return len(backend.encode(text, add_special_tokens=False).ids)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def token_starts(tok: Any, text: str) -> np.ndarray | None:
+    """Character offsets where each token of ``text`` starts (non-decreasing), or None for
+    slow tokenizers, which have no offsets."""
+    backend = _backend(tok)
+    if backend is None:
+        return None
+    offsets = backend.encode(text, add_special_tokens=False).offsets
+    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
+    return np.maximum.accumulate(starts) if starts.size else starts

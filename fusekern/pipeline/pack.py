@@ -1,0 +1,225 @@
+"""Stage 5, pack: cut the aligned documents into training blocks of at most ``block_size``
+tokens, every per-token array cut alongside, and write the trainer's dataset (schema in
+docs/DATA_FORMAT.md and notes/INTERFACES.md) plus ``fusion_meta.json``.
+
+Document boundaries (the default, ``pack_documents=False``): **one document per block**.
+``split`` already cut documents to fit, so a block is one whole document (shorter blocks are
+padded by the trainer's collator). A document that is still longer is cut into blocks that
+overlap by one token: block ``k`` starts at ``k * (block_size - 1)``, so the last token of one
+block is the first input of the next and every next-token prediction is made exactly once.
+No block ever holds two documents, so attention never crosses a document boundary with any
+attention implementation.
+
+``pack_documents=True`` concatenates consecutive documents (greedily, in order) into full
+blocks and adds ``position_ids`` restarting at 0 at each document, with ``labels = -100`` at
+each document's first token (nothing predicts a document's first token from the previous
+one); packing is greedy within each ``datasets.map`` batch (``batch_size`` documents), so the
+last block of a batch may be short. Caveat: Hugging Face models only turn position-id restarts
+into separate attention segments with ``attn_implementation="flash_attention_2"`` (the varlen
+path); with ``eager`` and ``sdpa`` (all CPUs) a token *does* attend to the earlier documents of
+its block. Use it only with such a kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from fusekern.pipeline.align import FORMAT as ALIGNED_FORMAT
+from fusekern.pipeline.align import META_FILE as ALIGN_META
+from fusekern.pipeline.io import read_json, save_dataset_atomic
+
+FORMAT = "fusekern-packed/1"
+META_FILE = "fusion_meta.json"
+
+
+def packed_features(num_sources: int, top_k: int, with_position_ids: bool) -> datasets.Features:
+    seq, val = datasets.Sequence, datasets.Value
+    cols = {
+        "input_ids": seq(val("int32")),
+        "labels": seq(val("int32")),
+    }
+    if with_position_ids:
+        cols["position_ids"] = seq(val("int32"))
+    cols.update(
+        {
+            "teacher_ids": seq(seq(seq(val("int32"), length=top_k), length=num_sources)),
+            "teacher_logits": seq(seq(seq(val("float16"), length=top_k), length=num_sources)),
+            "source_ce": seq(seq(val("float32"), length=num_sources)),
+            "source_ce_doc": seq(seq(val("float32"), length=num_sources)),
+        }
+    )
+    return datasets.Features(cols)
+
+
+def _flat(arr: pa.Array, width: int, dtype) -> np.ndarray:
+    while pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type):
+        arr = arr.flatten()
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype).reshape((-1, *width) if width else -1)
+
+
+def _pieces(lengths: np.ndarray, block: int) -> tuple:
+    """(doc, start, end) of every piece: whole documents, or one-token-overlap cuts."""
+    docs, starts, ends = [], [], []
+    for d, n in enumerate(lengths.tolist()):
+        s = 0
+        while True:
+            e = min(s + block, n)
+            docs.append(d)
+            starts.append(s)
+            ends.append(e)
+            if e >= n:
+                break
+            s = e - 1
+    return np.array(docs, dtype=np.int64), np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+
+
+def _pack_batch(batch: pa.Table, *, block: int, num_s: int, top_k: int, concat: bool) -> pa.Table:
+    ids_col = batch.column("input_ids").combine_chunks()
+    offsets = np.asarray(ids_col.offsets.to_numpy(), dtype=np.int64)
+    offsets = offsets - offsets[0]
+    lengths = np.diff(offsets)
+    input_ids = _flat(ids_col, (), np.int32)
+    t_ids = _flat(batch.column("teacher_ids").combine_chunks(), (num_s, top_k), np.int32)
+    t_log = _flat(batch.column("teacher_logits").combine_chunks(), (num_s, top_k), np.float16)
+    ce = _flat(batch.column("source_ce").combine_chunks(), (num_s,), np.float32)
+    ce_doc = _flat(batch.column("source_ce_doc").combine_chunks(), (num_s,), np.float32)
+
+    doc, start, end = _pieces(lengths, block)
+    plen = end - start
+    if concat:  # greedy, in order: a piece opens a new block when it does not fit
+        block_of = np.zeros(len(plen), dtype=np.int64)
+        fill = 0
+        b = 0
+        for i, n in enumerate(plen.tolist()):
+            if fill and fill + n > block:
+                b += 1
+                fill = 0
+            block_of[i] = b
+            fill += n
+        blk_len = np.bincount(block_of, weights=plen).astype(np.int64)
+    else:
+        blk_len = plen
+    gather = np.concatenate([np.arange(offsets[d] + s, offsets[d] + e) for d, s, e in zip(doc, start, end)])
+    tok_doc = np.repeat(doc, plen)
+    blk_off = np.zeros(len(blk_len) + 1, dtype=np.int64)
+    np.cumsum(blk_len, out=blk_off[1:])
+    out_off = pa.array(blk_off.astype(np.int32), type=pa.int32())
+
+    new_ids = input_ids[gather]
+    labels = new_ids.copy()
+    cols = {"input_ids": new_ids, "labels": labels}
+    if concat:
+        piece_off = np.concatenate([[0], np.cumsum(plen)[:-1]])
+        cols["position_ids"] = (np.arange(len(gather)) - np.repeat(piece_off, plen)).astype(np.int32)
+        labels[piece_off] = -100
+
+    def per_token(values: np.ndarray, typ: pa.DataType, shape: tuple) -> pa.Array:
+        arr = pa.array(values.reshape(-1), type=typ)
+        for width in reversed(shape):
+            arr = pa.FixedSizeListArray.from_arrays(arr, width)
+        return pa.ListArray.from_arrays(out_off, arr)
+
+    arrays = [per_token(cols[k], pa.int32(), ()) for k in cols]
+    arrays += [
+        per_token(t_ids[gather], pa.int32(), (num_s, top_k)),
+        per_token(t_log[gather], pa.float16(), (num_s, top_k)),
+        per_token(ce[gather], pa.float32(), (num_s,)),
+        per_token(ce_doc[tok_doc], pa.float32(), (num_s,)),
+    ]
+    return pa.Table.from_arrays(arrays, schema=packed_features(num_s, top_k, concat).arrow_schema)
+
+
+def run_pack(
+    aligned_dir: str,
+    out_dir: str,
+    *,
+    block_size: int,
+    pack_documents: bool = False,
+    num_proc: int | None = None,
+    batch_size: int = 512,
+) -> str:
+    """Pack the output of :func:`run_align` into blocks of at most ``block_size`` tokens and
+    ``save_to_disk`` them to ``out_dir`` with ``fusion_meta.json``. Returns ``out_dir``.
+
+    One document per block by default; ``pack_documents=True`` concatenates documents and adds
+    ``position_ids`` (see the module docstring for the attention caveat)."""
+    t0 = time.time()
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
+        raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
+    meta_path = os.path.join(aligned_dir, ALIGN_META)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(
+            f"{aligned_dir!r} is not an aligned dataset (no {ALIGN_META}); run align first"
+        )
+    ameta = read_json(meta_path)
+    if ameta.get("format") != ALIGNED_FORMAT:
+        raise ValueError(f"{aligned_dir!r}: unknown aligned format {ameta.get('format')!r}")
+    aligned = datasets.load_from_disk(aligned_dir)
+    num_s, top_k = len(ameta["sources"]), int(ameta["top_k"])
+    lengths = np.asarray(
+        pa.compute.list_value_length(aligned.data.column("input_ids")).to_numpy(), dtype=np.int64
+    )
+    cache = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".tmp-pack-cache-{uuid.uuid4().hex[:8]}")
+    os.makedirs(cache)
+    try:
+        packed = (
+            aligned.with_format("arrow")
+            .map(
+                _pack_batch,
+                batched=True,
+                batch_size=batch_size,
+                num_proc=num_proc,
+                remove_columns=aligned.column_names,
+                features=packed_features(num_s, top_k, pack_documents),
+                fn_kwargs={"block": block_size, "num_s": num_s, "top_k": top_k, "concat": pack_documents},
+                cache_file_name=os.path.join(cache, "packed.arrow"),
+                load_from_cache_file=False,
+                new_fingerprint=f"fusekern-pack-{uuid.uuid4().hex}",
+                desc="pack",
+            )
+            .with_format(None)
+        )
+        n_tokens = int(
+            pa.compute.sum(pa.compute.list_value_length(packed.data.column("input_ids"))).as_py() or 0
+        )
+        meta = {
+            "format": FORMAT,
+            "sources": ameta["sources"],
+            "target": ameta["target"],
+            "top_k": top_k,
+            "block_size": block_size,
+            "mode": ameta["mode"],
+            "packing": "concat" if pack_documents else "document",
+            "columns": list(packed.column_names),
+            "num_blocks": len(packed),
+            "num_tokens": n_tokens,
+            "num_docs": len(aligned),
+            "docs_cut": int((lengths > block_size).sum()),
+            "aligned_fraction": ameta.get("aligned_fraction"),
+            "teacher_convention": "position t holds the distribution for the token at t+1; ids -1 = padding",
+            "seconds": round(time.time() - t0, 3),
+        }
+        save_dataset_atomic(packed, out_dir, {META_FILE: meta})
+    finally:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+    print(
+        f"pack: {meta['num_docs']} documents -> {meta['num_blocks']} blocks of <= {block_size} tokens "
+        f"({meta['packing']}, {meta['docs_cut']} documents cut) -> {out_dir}"
+    )
+    return out_dir
+
+
+def load_packed(out_dir: str) -> tuple[datasets.Dataset, dict]:
+    """The packed dataset and its ``fusion_meta.json``."""
+    path = os.path.join(out_dir, META_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{out_dir!r} is not a packed fusion dataset (no {META_FILE})")
+    return datasets.load_from_disk(out_dir), read_json(path)

@@ -1,0 +1,77 @@
+"""Constants and helper functions shared by the pipeline tests (fixtures: pipeline_fixtures)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+BLOCK = 96
+TOP_K = 6
+# name -> (architecture, tokenizer family). The target of the align/pack tests is "llama_sp".
+MODELS = {
+    "llama_sp": ("llama", "sp_bpe"),
+    "neox_bbpe": ("gpt_neox", "byte_bpe"),
+    "gpt2_uni": ("gpt2", "unigram"),
+}
+TARGET = "llama_sp"
+
+
+@dataclasses.dataclass
+class TinyLM:
+    name: str
+    path: str  # save_pretrained directory holding both the model and the tokenizer
+    tokenizer: object
+    model: torch.nn.Module
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def direct_forward(lm: TinyLM, text: str):
+    """Reference: ids (text + EOS, no special tokens), logits [L, V] fp32 of one unbatched pass."""
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"] + [lm.tokenizer.eos_token_id]
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids])).logits[0].float()
+    return ids, logits
+
+
+def assert_valid_topk(
+    ids: np.ndarray, logits: np.ndarray, ref_logits: torch.Tensor, tol: float = 2e-3
+) -> None:
+    """``ids``/``logits`` [L, K] are a top-k of ``ref_logits`` [L, V]: the stored logits are the
+    reference logits at those ids (to fp16 precision), in descending order, and no id outside the
+    list beats the list's last entry. Where the reference has no near-tie at the k-th place the
+    ids are exactly ``torch.topk``'s."""
+    ref = ref_logits.numpy()
+    k = ids.shape[1]
+    gathered = np.take_along_axis(ref, ids.astype(np.int64), axis=1)
+    np.testing.assert_allclose(logits.astype(np.float32), gathered, rtol=1e-3, atol=1e-3)
+    top_v, top_i = torch.topk(ref_logits, k + 1, dim=-1)
+    top_v, top_i = top_v.numpy(), top_i.numpy()
+    assert (gathered[:, -1] >= top_v[:, k - 1] - tol).all()
+    gaps = np.diff(-top_v, axis=1)  # >= 0
+    clear = (gaps > tol).all(axis=1)
+    assert clear.mean() > 0.5, "too many near-ties to compare ids"
+    np.testing.assert_array_equal(ids[clear], top_i[clear, :k])
+
+
+def run_cli(args: list, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``python -m fusekern ARGS`` from the repository root."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [sys.executable, "-m", "fusekern", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
