@@ -1,0 +1,182 @@
+"""CPU benchmark of the loss ops: chunked PyTorch path vs the dense FuseLLM recipe, fwd+bwd.
+
+Sizes from issue 3: N=2048 positions, V=32000, S=3 sources, K=10, fp32 student logits, fp16
+teacher logits. "Extra peak memory" = peak resident memory during fwd+bwd minus the resident
+memory before it (inputs already allocated), read from /proc/self/status (VmHWM, reset through
+/proc/self/clear_refs), so it counts every buffer either implementation touches, the final
+gradient included.
+
+Run either way:
+    python benchmarks/bench_loss.py            # table + targets, for RESULTS.md
+    pytest benchmarks/bench_loss.py            # pytest-benchmark (extra_info holds the ratios)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Callable, Dict, Tuple
+
+import torch
+
+import fusekern
+from fusekern.ops.reference import fusion_loss_ref, fusion_module_ref
+
+N, V, S, K = 2048, 32000, 3, 10
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def make_inputs(seed: int = 0, n: int = N, v: int = V) -> Dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, v, (n, S, K), generator=g)
+    ids[torch.rand(n, S, K, generator=g) < 0.05] = -1
+    labels = torch.randint(0, v, (2, n // 2), generator=g)
+    labels[:, :3] = -100
+    return {
+        "x": torch.randn(n, v, generator=g) * 2,
+        "ids": ids,
+        "lg": (torch.randn(n, S, K, generator=g) * 3).half(),
+        "ce": torch.rand(n, S, generator=g) * 3,
+        "labels": labels,
+    }
+
+
+def _fusion(impl: str) -> Callable[[torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor]:
+    if impl == "dense":
+        return lambda x, d: fusion_loss_ref(x, d["ids"], d["lg"], d["ce"], method="min_ce")
+    return lambda x, d: fusekern.fusion_loss(x, d["ids"], d["lg"], d["ce"], method="min_ce", backend="torch")
+
+
+def _module(impl: str) -> Callable[[torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor]:
+    def shape(d):
+        b, t = d["labels"].shape
+        return b, t
+
+    if impl == "dense":
+
+        def run(x, d):
+            b, t = shape(d)
+            return fusion_module_ref(
+                x.view(b, t, -1),
+                d["labels"],
+                d["ids"].view(b, t, S, K),
+                d["lg"].view(b, t, S, K),
+                d["ce"].view(b, t, S),
+                lm_weight=0.9,
+            )
+
+        return run
+    mod = fusekern.FusionLoss(0.9, backend="torch")
+
+    def run(x, d):
+        b, t = shape(d)
+        return mod(
+            x.view(b, t, -1),
+            d["labels"],
+            d["ids"].view(b, t, S, K),
+            d["lg"].view(b, t, S, K),
+            d["ce"].view(b, t, S),
+        )
+
+    return run
+
+
+OPS = {"fusion_loss": _fusion, "FusionLoss": _module}
+
+
+def measure(op: str, impl: str, d: Dict[str, torch.Tensor], reps: int = 3) -> Tuple[float, int]:
+    """Best-of-``reps`` wall time (s) and extra peak memory (bytes) of one fwd+bwd."""
+    fn = OPS[op](impl)
+    best_t, peak = float("inf"), 0
+    for _ in range(reps):
+        x = d["x"].clone().requires_grad_()
+        gc.collect()
+        base = _status("VmRSS")
+        _reset_peak()
+        t0 = time.perf_counter()
+        fn(x, d).backward()
+        dt = time.perf_counter() - t0
+        peak = max(peak, _status("VmHWM") - base)
+        best_t = min(best_t, dt)
+        del x
+    return best_t, peak
+
+
+def compare(op: str, d: Dict[str, torch.Tensor], reps: int = 3) -> Dict[str, float]:
+    # warm both (first-touch page faults, lazy init), then interleave so load spikes hit both
+    for impl in ("torch", "dense"):
+        measure(op, impl, d, reps=1)
+    res = {"dense_s": float("inf"), "torch_s": float("inf"), "dense_mb": 0.0, "torch_mb": 0.0}
+    for _ in range(reps):
+        for impl in ("dense", "torch"):
+            t, m = measure(op, impl, d, reps=1)
+            res[f"{impl}_s"] = min(res[f"{impl}_s"], t)
+            res[f"{impl}_mb"] = max(res[f"{impl}_mb"], m / 2**20)
+    res["time_ratio"] = res["dense_s"] / res["torch_s"]
+    res["mem_ratio"] = res["dense_mb"] / max(res["torch_mb"], 1e-9)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# pytest-benchmark entry points (not collected by the default test run: testpaths = tests)
+# ---------------------------------------------------------------------------------------------
+def _bench(benchmark, op: str) -> None:
+    d = make_inputs()
+    res = compare(op, d, reps=2)
+    benchmark.extra_info.update({k: round(v, 4) for k, v in res.items()})
+    fn = OPS[op]("torch")
+
+    def setup():
+        return (d["x"].clone().requires_grad_(), d), {}
+
+    benchmark.pedantic(lambda x, dd: fn(x, dd).backward(), setup=setup, rounds=3, iterations=1)
+
+
+def test_bench_fusion_loss_torch_vs_dense(benchmark):
+    _bench(benchmark, "fusion_loss")
+
+
+def test_bench_fusion_module_torch_vs_dense(benchmark):
+    _bench(benchmark, "FusionLoss")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = make_inputs()
+    print(
+        f"N={N} V={V} S={S} K={K} fp32 logits, fp16 teacher, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; grad N×V = {N * V * 4 / 2**20:.0f} MiB"
+    )
+    cols = ["op (fwd+bwd)", "dense time", "torch time", "time ratio", "dense extra peak", "torch extra peak"]
+    print("| " + " | ".join(cols + ["mem ratio"]) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for op in OPS:
+        r = compare(op, d, reps=args.reps)
+        print(
+            f"| {op} | {r['dense_s']:.3f} s | {r['torch_s']:.3f} s | {r['time_ratio']:.1f}x | "
+            f"{r['dense_mb']:.0f} MiB | {r['torch_mb']:.0f} MiB | {r['mem_ratio']:.1f}x |"
+        )
+        ok = r["mem_ratio"] >= 4 and r["time_ratio"] >= 2
+        print(f"  targets (>=4x less memory, <=1/2 time): {'met' if ok else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

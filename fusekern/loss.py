@@ -1,0 +1,137 @@
+"""``FusionLoss``: the drop-in training loss of a fused causal LM.
+
+``loss = lm_weight · CLM + (1 − lm_weight) · fusion`` where CLM is the usual shifted
+cross-entropy (labels −100 ignored) and fusion is the merged-teacher KL/CE at positions t whose
+next label ``labels[:, t+1]`` is not −100 (and where some source is present).
+
+Both terms come out of ONE pass over the logits (``_sparse_loss_kernel`` with ``HAS_LABELS``):
+per row the kernel computes a single logsumexp and writes the combined gradient
+``a·(softmax − onehot(label)) + b·(softmax − p)`` with ``a = λ/n_clm`` and ``b = (1−λ)/n_fusion``,
+instead of two losses each reading the logits and each producing an N×V gradient. The logits
+are used as ``[B·T, V]`` rows in place — the shift is applied to the small label/teacher-mask
+tensors, so no shifted copy of the logits is made.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from .ops import _validate as V_
+from .ops.merge_topk import METHODS
+from .ops.sparse_kl import LOSS_TYPES, sparse_loss
+
+
+class FusionLoss(nn.Module):
+    """``λ·CLM + (1−λ)·fusion`` for a causal LM, fused into one pass over the logits.
+
+    Args:
+        lm_weight: λ in [0, 1]. A plain attribute: a trainer may change it between steps.
+        method: ``"min_ce"`` or ``"avg_ce"`` (see :func:`fusekern.merge_topk`).
+        teacher_temperature: temperature of the teacher softmax.
+        loss_type: ``"kl"`` or ``"ce"``.
+        backend: ``"auto" | "triton" | "torch"``.
+
+    After each forward, ``last_clm`` and ``last_fusion`` hold the two (detached) means for logging.
+    Each mean is taken over its own counted positions and is 0 when none counts.
+    """
+
+    def __init__(
+        self,
+        lm_weight: float = 0.9,
+        method: str = "min_ce",
+        teacher_temperature: float = 1.0,
+        loss_type: str = "kl",
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.lm_weight = _check_lm_weight(lm_weight)
+        self.method = V_.check_choice(method, METHODS, "method")
+        self.teacher_temperature = V_.check_temperature(teacher_temperature)
+        self.loss_type = V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+        self.backend = backend
+        self.last_clm: torch.Tensor | None = None
+        self.last_fusion: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"lm_weight={self.lm_weight}, method={self.method!r}, "
+            f"teacher_temperature={self.teacher_temperature}, loss_type={self.loss_type!r}"
+        )
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_ids: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        source_ce: torch.Tensor,
+    ) -> torch.Tensor:
+        """logits ``[B, T, V]``, labels ``[B, T]``, teacher_ids/teacher_logits ``[B, T, S, K]``,
+        source_ce ``[B, T, S]`` (per token) or ``[B, S]`` (per sequence). Returns a scalar."""
+        lam = _check_lm_weight(self.lm_weight)
+        V_.check_choice(self.method, METHODS, "method")
+        V_.check_choice(self.loss_type, LOSS_TYPES, "loss_type")
+        temp = V_.check_temperature(self.teacher_temperature)
+        x = V_.check_logits(logits, "logits", 3)
+        B, T, V = x.shape
+        V_.check_int(labels, "labels")
+        V_.check_shape(labels, [B, T], "labels", " (matching logits [B, T, V])")
+        V_.check_device(labels, x, "labels")
+        V_.check_int(teacher_ids, "teacher_ids")
+        if teacher_ids.dim() != 4:
+            raise ValueError(f"teacher_ids must have shape [B, T, S, K], got {list(teacher_ids.shape)}")
+        S, K = teacher_ids.shape[2], teacher_ids.shape[3]
+        V_.check_topk(teacher_ids, teacher_logits, (B, T, S), x, "teacher_ids", "teacher_logits")
+        V_.check_float(source_ce, "source_ce")
+        if source_ce.dim() == 2:
+            V_.check_shape(source_ce, [B, S], "source_ce", " or [B, T, S]")
+            source_ce = source_ce[:, None, :].expand(B, T, S)
+        else:
+            V_.check_shape(source_ce, [B, T, S], "source_ce", " or [B, S]")
+        V_.check_device(source_ce, x, "source_ce")
+
+        # row (b, t) predicts labels[b, t+1]; the last position of each sequence predicts nothing
+        nxt = torch.full_like(labels, V_.IGNORE_INDEX)
+        nxt[:, :-1] = labels[:, 1:]
+        nxt = nxt.reshape(B * T)
+        loss, extras = sparse_loss(
+            x.reshape(B * T, V),
+            teacher_ids.reshape(B * T, S, K),
+            teacher_logits.reshape(B * T, S, K),
+            source_ce.reshape(B * T, S),
+            method=self.method,
+            temperature=temp,
+            kl=self.loss_type == "kl",
+            keep=nxt != V_.IGNORE_INDEX,
+            labels=nxt,
+            lm_weight=lam,
+            reduction="mean",
+            backend=self.backend,
+            names={
+                "ids": "teacher_ids",
+                "logits": "teacher_logits",
+                "ce": "source_ce",
+                "labels": "labels",
+                "x": "logits",
+            },
+        )
+        self.last_clm = extras["clm"]
+        self.last_fusion = extras["distill"]
+        return loss
+
+
+def _check_lm_weight(lm_weight: object) -> float:
+    if isinstance(lm_weight, bool) or not isinstance(lm_weight, numbers.Real):
+        raise TypeError(f"lm_weight must be a float in [0, 1], got {type(lm_weight).__name__}")
+    lam = float(lm_weight)
+    if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
+        raise ValueError(f"lm_weight must be in [0, 1], got {lam}")
+    return lam
+
+
+__all__ = ["FusionLoss"]

@@ -1,0 +1,82 @@
+"""Fused fusion loss: merge S source teachers (MinCE / AvgCE) and distil into the student in one
+kernel pass — the merged teacher never leaves registers and the student logits are streamed once.
+
+The kernel is ``_sparse_loss_kernel`` of :mod:`fusekern.ops.sparse_kl` specialised with
+``METHOD`` = 1 (min_ce) or 2 (avg_ce) (the merge helpers live in :mod:`fusekern.ops.merge_topk`);
+the PyTorch path merges with :func:`~fusekern.ops.merge_topk.merge_probs_torch` (small, all rows
+at once) and then runs the same chunked row pass as ``sparse_kl_loss``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V_
+from .merge_topk import METHODS
+from .sparse_kl import LOSS_TYPES, REDUCTIONS, sparse_loss
+
+
+def fusion_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    source_ce: torch.Tensor,
+    *,
+    method: str = "min_ce",
+    teacher_temperature: float = 1.0,
+    loss_type: str = "kl",
+    ignore_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Merge S top-k teachers by quality and compute the distillation loss, fused.
+
+    Equals ``sparse_kl_loss(student_logits, ids, probs.log(), ...)`` with
+    ``(ids, probs) = merge_topk(teacher_ids, teacher_logits, source_ce, method=...)``.
+
+    Args:
+        student_logits: ``[N, V]`` float (must be finite on contributing rows).
+        teacher_ids: ``[N, S, K]`` signed integer ids in ``[0, V)``; negative = padding.
+        teacher_logits: ``[N, S, K]`` raw source logits (finite at valid entries; fp16 is fine).
+        source_ce: ``[N, S]`` per-source CE on the gold text (lower = better); must be >= 0 and
+            not NaN where the source is present (+inf = worst), ignored where absent.
+        method: ``"min_ce"`` (lowest CE, ties -> lowest source index) or ``"avg_ce"``
+            (weights ``softmax_s(exp(-ce_s))`` over present sources).
+        teacher_temperature, loss_type, ignore_mask, reduction, backend: as in
+            :func:`~fusekern.ops.sparse_kl.sparse_kl_loss`. A position with no present source
+            contributes nothing.
+    """
+    x = V_.check_logits(student_logits, "student_logits", 2)
+    N = x.shape[0]
+    V_.check_int(teacher_ids, "teacher_ids")
+    if teacher_ids.dim() != 3:
+        raise ValueError(f"teacher_ids must have shape [N, S, K], got {list(teacher_ids.shape)}")
+    S = teacher_ids.shape[1]
+    V_.check_topk(teacher_ids, teacher_logits, (N, S), x, "teacher_ids", "teacher_logits")
+    V_.check_float(source_ce, "source_ce")
+    V_.check_shape(source_ce, [N, S], "source_ce", " (matching teacher_ids [N, S, K])")
+    V_.check_device(source_ce, x, "source_ce")
+    V_.check_choice(method, METHODS, "method")
+    V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+    V_.check_choice(reduction, REDUCTIONS, "reduction")
+    temp = V_.check_temperature(teacher_temperature)
+    keep = None if ignore_mask is None else ~V_.check_mask(ignore_mask, N, x)
+    loss, _ = sparse_loss(
+        x,
+        teacher_ids,
+        teacher_logits,
+        source_ce,
+        method=method,
+        temperature=temp,
+        kl=loss_type == "kl",
+        keep=keep,
+        labels=None,
+        lm_weight=0.0,
+        reduction=reduction,
+        backend=backend,
+        names={"ids": "teacher_ids", "logits": "teacher_logits", "ce": "source_ce"},
+    )
+    return loss
+
+
+__all__ = ["fusion_loss"]

@@ -1,0 +1,529 @@
+"""Sparse top-k distillation loss: student logits [N, V] against a teacher kept as top-k.
+
+This module is the engine shared by all three loss entry points (``sparse_kl_loss``,
+``fusion_loss`` and ``FusionLoss``):
+
+- ``_sparse_loss_kernel`` (Triton): one program per row. It builds the row's sparse teacher
+  (per-source renormalised softmax, optional MinCE/AvgCE merge; helper in merge_topk.py), computes
+  the logsumexp of the student row in fp32 and, in the same kernel, writes the gradient
+  ``(a+b)·softmax − b·P − a·onehot(label)`` (``a``/``b`` = CLM / distillation coefficients that
+  already include the reduction's 1/count; ``a = 0`` outside FusionLoss). Rows that fit in
+  registers (V ≤ 32768) are read from memory once — the load is issued before the teacher is built
+  so the two overlap; wider rows stream BLOCK_V blocks with an online logsumexp and are read a
+  second time to write the gradient (``evict_last`` on the first read so the second hits L2).
+  Backward only scales this gradient.
+- ``_torch_rows`` (PyTorch): the same computation chunked over rows, so the only O(N·V) memory is
+  the gradient itself (plus an fp32 chunk buffer for 16-bit logits).
+- ``_PrecomputedGrad``: the autograd.Function that returns the stored gradient in backward.
+
+Gradient storage: a separate ``[N, V]`` buffer in the logits' dtype, not written over the
+logits: overwriting a tensor the caller (or the HF model output) still holds would be silently
+wrong, and autograd needs an N×V gradient for the logits anyway, so the buffer is the gradient
+that flows on to ``lm_head`` — nothing beyond it is allocated.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _validate as V_
+from ._backend import HAS_TRITON, launch_config, next_pow2, resolve_backend
+from .merge_topk import METHOD_CODE, merge_probs_torch
+
+LOSS_TYPES = ("kl", "ce")
+REDUCTIONS = ("mean", "sum", "none")
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .merge_topk import _merged_teacher
+
+    @triton.jit
+    def _nonfinite(x):
+        # exponent bits all ones <=> inf/NaN; a bit test cannot be folded away by fast-math
+        return (x.to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000
+
+    @triton.jit
+    def _flag_nonfinite(x, msk):
+        # map NaN/±inf in valid lanes to +inf: the row max becomes +inf and the logsumexp comes
+        # out non-finite whatever else the row holds, so one scalar test on lse finds bad rows
+        # (no per-lane flag vector to carry through the loop)
+        return tl.where(_nonfinite(x) & msk, float("inf"), x)
+
+    @triton.jit
+    def _sparse_loss_kernel(
+        x_ptr, g_ptr, ids_ptr, tlg_ptr, ce_ptr, use_ptr, label_ptr, coef_ptr,
+        loss_ptr, lm_ptr, bad_ptr,
+        x_stride, g_stride, V, S, K, inv_temp,
+        METHOD: tl.constexpr, KL: tl.constexpr, HAS_LABELS: tl.constexpr, WANT_GRAD: tl.constexpr,
+        SB: tl.constexpr, MB: tl.constexpr, BLOCK_V: tl.constexpr, SINGLE: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0)
+        # row flags first (two scalar loads), so the big logits load does not wait for the
+        # teacher: use = a source is present and the row is not ignored (computed on the host)
+        use = tl.load(use_ptr + row) != 0
+        b = tl.where(use, tl.load(coef_ptr), 0.0)
+        if HAS_LABELS:
+            label = tl.load(label_ptr + row).to(tl.int32)
+            lab_ok = (label >= 0) & (label < V)
+            lab_safe = tl.where(lab_ok, label, 0)
+            a = tl.where(lab_ok, tl.load(coef_ptr + 1), 0.0)
+            active = use | lab_ok
+        else:
+            label = -1
+            lab_ok = False
+            lab_safe = 0
+            a = 0.0
+            active = use
+        c = a + b
+        x_row = x_ptr + row.to(tl.int64) * x_stride
+        g_row = g_ptr + row.to(tl.int64) * g_stride
+        offs = tl.arange(0, BLOCK_V)
+        if active:
+            if SINGLE:  # whole row into registers; in flight while the teacher is built
+                xs = tl.load(x_row + offs, mask=offs < V, other=float("-inf"))
+            # ---- merged sparse teacher of this row (flat [MB] lanes) ----------------------
+            ids, valid, P, _off, _inb = _merged_teacher(
+                ids_ptr, tlg_ptr, ce_ptr, row, S, K, V, inv_temp, METHOD, SB, MB
+            )
+            ids = tl.where(valid, ids.to(tl.int32), -1)
+            ok = ids >= 0
+            safe = tl.where(ok, ids, 0)
+            # merged probability at each entry's id (duplicates add): KL entropy and grad
+            Pm = tl.sum(tl.where(ids[:, None] == ids[None, :], P[None, :], 0.0), axis=1)
+            x_ids = tl.load(x_row + safe, mask=ok, other=0.0).to(tl.float32)
+            x_lab = tl.load(x_row + lab_safe, mask=lab_ok, other=0.0).to(tl.float32)
+            # ---- logsumexp (fp32) and c·softmax into the gradient ---------------------------
+            if SINGLE:
+                x = _flag_nonfinite(xs.to(tl.float32), offs < V)
+                mx = tl.max(x, axis=0)
+                e = tl.exp(x - mx)
+                ssum = tl.sum(e, axis=0)
+                lse = mx + tl.log(ssum)
+                if WANT_GRAD:
+                    tl.store(g_row + offs, (e * (c / ssum)).to(g_row.dtype.element_ty), mask=offs < V)
+            else:  # online logsumexp over BLOCK_V blocks, then a second (L2-hot) read
+                mx = float("-inf")
+                ssum = 0.0
+                for start in range(0, V, BLOCK_V):
+                    cols = start + offs
+                    msk = cols < V
+                    x = tl.load(x_row + cols, mask=msk, other=float("-inf"), eviction_policy="evict_last")
+                    x = _flag_nonfinite(x.to(tl.float32), msk)
+                    m_new = tl.maximum(mx, tl.max(x, axis=0))
+                    ssum = ssum * tl.exp(mx - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+                    mx = m_new
+                lse = mx + tl.log(ssum)
+                if WANT_GRAD:
+                    for start in range(0, V, BLOCK_V):
+                        cols = start + offs
+                        msk = cols < V
+                        x = tl.load(x_row + cols, mask=msk, other=0.0, eviction_policy="evict_first")
+                        g = tl.exp(x.to(tl.float32) - lse) * c
+                        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=msk)
+            bad = _nonfinite(lse).to(tl.int32)
+            fus = lse - tl.sum(P * x_ids, axis=0)
+            if KL:
+                fus += tl.sum(P * tl.log(tl.where(P > 0, Pm, 1.0)), axis=0)
+            lm = lse - x_lab
+            if WANT_GRAD:
+                # fix the teacher / label columns; the barrier orders them after the dense stores
+                # of other threads. Every store to one address carries the same value (duplicate
+                # ids share Pm); the label column is written only by the label store.
+                tl.debug_barrier()
+                g_ids = c * tl.exp(x_ids - lse) - b * Pm
+                tl.store(g_row + safe, g_ids.to(g_row.dtype.element_ty), mask=ok & (ids != label))
+                if HAS_LABELS:
+                    p_lab = tl.sum(tl.where(ids == label, P, 0.0), axis=0)
+                    g_lab = c * tl.exp(x_lab - lse) - b * p_lab - a
+                    tl.store(g_row + lab_safe, g_lab.to(g_row.dtype.element_ty), mask=lab_ok)
+        else:
+            fus = 0.0
+            lm = 0.0
+            bad = 0
+            if WANT_GRAD:
+                zero = tl.zeros([BLOCK_V], dtype=g_row.dtype.element_ty)
+                for start in range(0, V, BLOCK_V):
+                    tl.store(g_row + start + offs, zero, mask=start + offs < V)
+        tl.store(loss_ptr + row, tl.where(use, fus, 0.0))
+        if HAS_LABELS:
+            tl.store(lm_ptr + row, tl.where(lab_ok, lm, 0.0))
+        tl.store(bad_ptr + row, bad)
+
+else:  # pragma: no cover
+    _sparse_loss_kernel = None
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch path
+# --------------------------------------------------------------------------------------------
+def _chunk_rows(V: int, device: torch.device) -> int:
+    """Rows per chunk of the PyTorch path (extra memory is O(chunk × V)).
+
+    CPU, one thread: ~1M elements (4 MB fp32) keeps the softmax/scale passes in cache.
+    CPU, several threads: every full-width op is a parallel region ending in a barrier, and on a
+    shared machine a barrier waits for a descheduled thread (a scheduler tick), so use few, large
+    chunks (~16M elements, 64 MB fp32): measured 3x faster than 1M-element chunks at 2 threads on
+    a loaded 2-core machine. CUDA: large chunks amortise kernel launches.
+    """
+    if device.type != "cpu":
+        target = 1 << 25
+    elif torch.get_num_threads() > 1:
+        target = 1 << 24
+    else:
+        target = 1 << 20
+    return max(1, target // max(V, 1))
+
+
+def _torch_rows(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    P: torch.Tensor,
+    use: torch.Tensor,
+    labels: torch.Tensor | None,
+    coef: torch.Tensor,
+    kl: bool,
+    want_grad: bool,
+    chunk_rows: int | None = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-row losses and the gradient, chunked over rows.
+
+    ids [N, M] (negative = padding), P [N, M] merged probabilities (0 at padding), use [N] rows
+    whose distillation term counts, labels [N] (negative = none), coef [2] = (b, a).
+    Returns (fus [N], lm [N], bad [N], grad [N, V] or None).
+
+    Per chunk only four full-width ops run — a row sum (non-finite check), a row max, a fused
+    ``softmax`` written straight into the gradient rows, and the coefficient scale — because on a
+    busy machine every parallel region costs a barrier; the teacher columns are then fixed with a
+    scatter_add (duplicates add, as in the dense recipe).
+    """
+    N, V = x.shape
+    acc = P.dtype
+    dev = x.device
+    on_cpu = dev.type == "cpu"
+    fus = torch.zeros(N, dtype=acc, device=dev)
+    lm = torch.zeros(N, dtype=acc, device=dev)
+    suspect = torch.zeros(N, dtype=torch.bool, device=dev)
+    grad = torch.empty((N, V), dtype=x.dtype, device=dev) if want_grad else None
+    lab_ok = labels >= 0 if labels is not None else torch.zeros(N, dtype=torch.bool, device=dev)
+    active = use | lab_ok
+    b_row = torch.where(use, coef[0].to(acc), 0.0)
+    a_row = torch.where(lab_ok, coef[1].to(acc), 0.0)
+    safe = ids.clamp_min(0).long()
+    lab_safe = labels.clamp_min(0).long()[:, None] if labels is not None else None
+    C = chunk_rows or _chunk_rows(V, dev)
+    lowp = x.dtype != acc
+    buf = torch.empty((min(C, N), V), dtype=acc, device=dev) if (lowp and N) else None
+    for r0 in range(0, N, C):
+        r1 = min(N, r0 + C)
+        act = active[r0:r1]
+        if on_cpu and not bool(act.any()):
+            if want_grad:
+                grad[r0:r1].zero_()
+            continue
+        xc = x[r0:r1]
+        # a NaN/inf makes the row sum non-finite; a finite row can only overflow it with
+        # |logits| ~ 1e34, so suspects are re-checked exactly below
+        suspect[r0:r1] = act & ~torch.isfinite(xc.sum(1, dtype=acc))
+        mx, am = torch.max(xc, dim=1)
+        w = buf[: r1 - r0] if lowp else grad[r0:r1] if want_grad else torch.empty_like(xc)
+        torch.softmax(xc, 1, dtype=acc if lowp else None, out=w)
+        # softmax at the argmax is exp(0)/Σexp(x − max), so lse = max − log(that entry)
+        lse = mx.to(acc) - w.gather(1, am[:, None])[:, 0].log()
+        sc, Pc = safe[r0:r1], P[r0:r1]
+        f = lse - (Pc * xc.gather(1, sc).to(acc)).sum(1)
+        if kl:
+            Pm = ((sc[:, :, None] == sc[:, None, :]) * Pc[:, None, :]).sum(-1)
+            f = f + torch.xlogy(Pc, Pm).sum(1)
+        fus[r0:r1] = torch.where(use[r0:r1], f, 0.0)
+        if labels is not None:
+            l_ = lse - xc.gather(1, lab_safe[r0:r1])[:, 0].to(acc)
+            lm[r0:r1] = torch.where(lab_ok[r0:r1], l_, 0.0)
+        if want_grad:
+            bc, ac = b_row[r0:r1], a_row[r0:r1]
+            w.mul_((ac + bc)[:, None])
+            w.scatter_add_(1, sc, -(bc[:, None] * Pc))
+            if labels is not None:
+                w.scatter_add_(1, lab_safe[r0:r1], -ac[:, None])
+            if not on_cpu or not bool(act.all()):
+                w.masked_fill_(~act[:, None], 0.0)
+            if lowp:
+                grad[r0:r1].copy_(w)
+    bad = suspect
+    if bool(suspect.any()):  # rare: exact check of the suspect rows only
+        rows = suspect.nonzero()[:, 0]
+        bad = torch.zeros_like(suspect)
+        bad[rows] = ~torch.isfinite(x[rows]).all(1)
+    return fus, lm, bad, grad
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------
+class _PrecomputedGrad(torch.autograd.Function):
+    """Loss whose gradient w.r.t. the logits was computed in forward; backward scales it.
+
+    The gradient is kept with ``save_for_backward`` so autograd frees it right after this node's
+    backward (it is not held through the rest of the model's backward), and a leaf's
+    ``AccumulateGrad`` can adopt it without a copy.
+    Scalar losses: the first backward scales the stored gradient in place (no copy; the common
+    ``loss.backward()`` with grad 1 returns it untouched); later backwards (retain_graph,
+    gradcheck) scale out of place so tensors handed out earlier are never modified.
+    ``reduction="none"``: always ``grad * grad_output[:, None]`` out of place.
+    """
+
+    @staticmethod
+    def forward(ctx, x, run):  # type: ignore[override]
+        loss, grad = run()
+        ctx.save_for_backward(grad)
+        ctx.per_row = loss.dim() == 1
+        ctx.factor = None  # scale applied in place so far (None = untouched)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, go):  # type: ignore[override]
+        (g,) = ctx.saved_tensors
+        if ctx.per_row:
+            return g * go.to(g.dtype)[:, None], None
+        if ctx.factor is None:
+            if bool(go == 1):
+                ctx.factor = torch.ones_like(go)
+                return g, None
+            if bool(go == 0):
+                return torch.zeros_like(g), None
+            ctx.factor = go.detach().clone()
+            # .data: scale in place without bumping the saved tensor's version counter, so a
+            # retained graph can still unpack it (its scale is tracked in ctx.factor)
+            g.data.mul_(go.to(g.dtype))
+            return g, None
+        if bool(go == ctx.factor):
+            return g, None
+        return g * (go / ctx.factor).to(g.dtype), None
+
+
+# --------------------------------------------------------------------------------------------
+# driver shared by sparse_kl_loss / fusion_loss / FusionLoss
+# --------------------------------------------------------------------------------------------
+def sparse_loss(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    tlg: torch.Tensor,
+    ce: torch.Tensor | None,
+    *,
+    method: str | None,
+    temperature: float,
+    kl: bool,
+    keep: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    lm_weight: float,
+    reduction: str,
+    backend: str,
+    names: Dict[str, str],
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Shapes already checked by the caller: x [N, V], ids/tlg [N, S, K], ce [N, S] or None,
+    keep [N] bool (True = may contribute) or None, labels [N] int (-100 = none) or None.
+
+    With labels the loss is ``lm_weight·mean(CLM) + (1−lm_weight)·mean(distill)`` (means over
+    their own counted rows, 0 where none); otherwise ``reduction`` applies to the distill rows.
+    Returns (loss, extras) where extras holds detached ``clm`` / ``distill`` means.
+    """
+    N, Vn = x.shape
+    impl = resolve_backend(backend, x, _sparse_loss_kernel)
+    checks = V_.value_checks(
+        ids=ids,
+        logits=tlg,
+        ids_name=names["ids"],
+        logits_name=names["logits"],
+        vocab=Vn,
+        ce=ce if method is not None else None,
+        ce_name=names.get("ce", "source_ce"),
+        labels=labels,
+        labels_name=names.get("labels", "labels"),
+    )
+    if impl == "torch":  # it indexes with the ids: check them first
+        V_.raise_failed(checks)
+        checks = []
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dev = x.device
+
+    use = (ids >= 0).flatten(1).any(1) if ids.numel() else torch.zeros(N, dtype=torch.bool, device=dev)
+    if keep is not None:
+        use = use & keep
+    n_f = use.sum().to(acc)
+    if labels is not None:
+        lab = torch.where(labels == V_.IGNORE_INDEX, -1, labels).to(torch.int32)
+        n_lm = (lab >= 0).sum().to(acc)
+        coef = torch.stack([(1.0 - lm_weight) / n_f.clamp_min(1), lm_weight / n_lm.clamp_min(1)])
+    else:
+        lab = None
+        b = 1.0 / n_f.clamp_min(1) if reduction == "mean" else torch.ones((), dtype=acc, device=dev)
+        coef = torch.stack([b, torch.zeros((), dtype=acc, device=dev)])
+    want_grad = torch.is_grad_enabled() and x.requires_grad
+    extras: Dict[str, torch.Tensor] = {}
+
+    def run() -> Tuple[torch.Tensor, torch.Tensor | None]:
+        xd = x.detach()
+        if impl == "triton":
+            fus, lm, bad, grad = _triton_rows(
+                xd,
+                ids,
+                tlg,
+                ce,
+                use,
+                lab,
+                coef,
+                method,
+                temperature,
+                kl,
+                want_grad,
+            )
+        else:
+            P, _ = merge_probs_torch(ids, tlg, ce, method, temperature, acc)
+            fus, lm, bad, grad = _torch_rows(
+                xd,
+                torch.where(ids >= 0, ids.long(), -1).flatten(1),
+                P.flatten(1),
+                use,
+                lab,
+                coef,
+                kl,
+                want_grad,
+            )
+        V_.raise_failed(checks, bad, names.get("x", "student_logits"))  # the one sync
+        fus = fus.to(acc)
+        fsum = fus.sum()
+        extras["distill"] = (fsum / n_f.clamp_min(1)).detach()
+        if labels is not None:
+            extras["clm"] = (lm.to(acc).sum() / n_lm.clamp_min(1)).detach()
+            loss = lm_weight * extras["clm"] + (1.0 - lm_weight) * extras["distill"]
+        elif reduction == "none":
+            loss = fus
+        elif reduction == "sum":
+            loss = fsum
+        else:
+            loss = extras["distill"].clone()
+        return loss, grad
+
+    if not want_grad:
+        return run()[0], extras
+    return _PrecomputedGrad.apply(x, run), extras
+
+
+def _triton_rows(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    tlg: torch.Tensor,
+    ce: torch.Tensor | None,
+    use: torch.Tensor,
+    labels: torch.Tensor | None,
+    coef: torch.Tensor,
+    method: str | None,
+    temperature: float,
+    kl: bool,
+    want_grad: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the fused kernel. ``use`` [N] bool: a source is present and the row is not ignored;
+    ``labels`` [N] int32 (-1 = none); ``coef`` [2] = (distill, CLM) gradient coefficients."""
+    N, V = x.shape
+    S, K = ids.shape[1], ids.shape[2]
+    dev = x.device
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    ids, tlg = ids.contiguous(), tlg.contiguous()
+    fus = torch.empty(N, dtype=torch.float32, device=dev)
+    lm = torch.zeros(N, dtype=torch.float32, device=dev) if labels is None else torch.empty_like(fus)
+    bad = torch.empty(N, dtype=torch.int32, device=dev)
+    grad = torch.empty((N, V), dtype=x.dtype, device=dev) if want_grad else None
+    if N:
+        cfg = launch_config(V, x.element_size())
+        g = grad if grad is not None else x  # never written when WANT_GRAD=False
+        _sparse_loss_kernel[(N,)](
+            x,
+            g,
+            ids,
+            tlg,
+            ce.contiguous() if ce is not None else tlg,
+            use,
+            labels if labels is not None else bad,
+            coef.to(torch.float32),
+            fus,
+            lm,
+            bad,
+            x.stride(0),
+            g.stride(0),
+            V,
+            S,
+            K,
+            1.0 / temperature,
+            METHOD=METHOD_CODE[method],
+            KL=kl,
+            HAS_LABELS=labels is not None,
+            WANT_GRAD=want_grad,
+            SB=next_pow2(S),
+            MB=next_pow2(S * K),
+            BLOCK_V=cfg["BLOCK_V"],
+            SINGLE=cfg["SINGLE"],
+            num_warps=cfg["num_warps"],
+        )
+    return fus, lm, bad.bool(), grad
+
+
+def sparse_kl_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    teacher_temperature: float = 1.0,
+    loss_type: str = "kl",
+    ignore_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Distillation loss between student logits and a top-k teacher, never densifying the teacher.
+
+    Args:
+        student_logits: ``[N, V]`` float16/bfloat16/float32 (float64: PyTorch path). Must be
+            finite on every row that contributes.
+        teacher_ids: ``[N, K]`` signed integer ids in ``[0, V)``; negative = padding.
+        teacher_logits: ``[N, K]`` raw teacher logits (finite at valid entries).
+        teacher_temperature: ``p = softmax(teacher_logits / T)`` over the valid entries of a row.
+        loss_type: ``"kl"`` = ``Σ p (log p − log q)``, ``"ce"`` = ``−Σ p log q`` (same gradient).
+        ignore_mask: ``[N]`` bool, True = the row contributes nothing.
+        reduction: ``"mean"`` over contributing rows (0, with zero gradient, when none
+            contributes), ``"sum"``, or ``"none"`` (``[N]``, zeros where nothing contributes).
+        backend: ``"auto" | "triton" | "torch"``.
+
+    Returns float32 (float64 for float64 logits). Differentiable w.r.t. ``student_logits`` only;
+    the teacher is a constant. Duplicate ids add their probabilities.
+    """
+    x = V_.check_logits(student_logits, "student_logits", 2)
+    N = x.shape[0]
+    V_.check_topk(teacher_ids, teacher_logits, (N,), x, "teacher_ids", "teacher_logits")
+    V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+    V_.check_choice(reduction, REDUCTIONS, "reduction")
+    temp = V_.check_temperature(teacher_temperature)
+    keep = None if ignore_mask is None else ~V_.check_mask(ignore_mask, N, x)
+    loss, _ = sparse_loss(
+        x,
+        teacher_ids[:, None, :],
+        teacher_logits[:, None, :],
+        None,
+        method=None,
+        temperature=temp,
+        kl=loss_type == "kl",
+        keep=keep,
+        labels=None,
+        lm_weight=0.0,
+        reduction=reduction,
+        backend=backend,
+        names={"ids": "teacher_ids", "logits": "teacher_logits"},
+    )
+    return loss
+
+
+__all__ = ["sparse_kl_loss"]
