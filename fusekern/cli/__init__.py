@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 # Modules providing subcommands, in the order they appear in --help.
 _COMMAND_MODULES = [
+    "fusekern.cli.pipeline",
     "fusekern.cli.vocab_map",
+    "fusekern.cli.train",
+    "fusekern.cli.demo",
 ]
 
 
