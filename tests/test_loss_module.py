@@ -4,17 +4,12 @@ gradcheck, and the fused Triton kernel under TRITON_INTERPRET=1."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
 from fusekern.ops.reference import fusion_module_ref
-
-INTERP = os.environ.get("FUSEKERN_INTERP_CASES") == "1"
 
 
 def make_batch(B, T, V, S, K, *, seed, dtype=torch.float64):
@@ -176,16 +171,7 @@ def test_bad_inputs():
 if not INTERP:
 
     def test_triton_interpreter_cases():
-        env = dict(os.environ, TRITON_INTERPRET="1", FUSEKERN_INTERP_CASES="1")
-        r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "interp_", __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "failed" not in r.stdout
+        run_interpreter_cases(__file__)
 
 else:
     from fusekern.ops._backend import override_config

@@ -5,17 +5,13 @@ kernel under TRITON_INTERPRET=1 in a subprocess."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
 from fusekern.ops.reference import merge_topk_ref
-
-INTERP = os.environ.get("FUSEKERN_INTERP_CASES") == "1"
 
 
 def make_teacher(N, S, K, V, *, seed, logit_dtype=torch.float16):
@@ -96,16 +92,7 @@ def test_int32_ids_and_empty_batch():
 if not INTERP:
 
     def test_triton_interpreter_cases():
-        env = dict(os.environ, TRITON_INTERPRET="1", FUSEKERN_INTERP_CASES="1")
-        r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "interp_", __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "failed" not in r.stdout
+        run_interpreter_cases(__file__)
 
 else:
 

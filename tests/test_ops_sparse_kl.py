@@ -5,17 +5,12 @@ is imported)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
 from fusekern.ops.reference import sparse_kl_loss_ref
-
-INTERP = os.environ.get("FUSEKERN_INTERP_CASES") == "1"
 
 
 def make_inputs(N, V, K, *, seed, dtype=torch.float64, scale=3.0):
@@ -167,16 +162,7 @@ def test_auto_backend_on_cpu_uses_torch_path():
 if not INTERP:
 
     def test_triton_interpreter_cases():
-        env = dict(os.environ, TRITON_INTERPRET="1", FUSEKERN_INTERP_CASES="1")
-        r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "interp_", __file__],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-        assert " passed" in r.stdout and "failed" not in r.stdout
+        run_interpreter_cases(__file__)
 
 else:
     from fusekern.ops._backend import override_config
