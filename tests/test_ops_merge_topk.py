@@ -89,6 +89,23 @@ def test_int32_ids_and_empty_batch():
     assert e_ids.shape == (0, 6) and e_p.shape == (0, 6)
 
 
+def _check_min_ce_exact_fp64(backend):
+    """fp64 CEs closer than fp32 resolution are not a tie: the lower one wins (fp32 logits)."""
+    ids = torch.tensor([[[1, -1], [2, -1]]] * 2)
+    lg = torch.zeros(2, 2, 2)
+    ce = torch.tensor([[1.0 + 1e-12, 1.0], [1.0, 1.0 + 1e-12]], dtype=torch.float64)
+    out_ids, probs = fusekern.merge_topk(ids, lg, ce, method="min_ce", backend=backend)
+    assert [r[p > 0].tolist() for r, p in zip(out_ids, probs)] == [[2], [1]]
+    x = torch.tensor([[0.0, 1.0, 2.0, 3.0]] * 2)
+    loss = fusekern.fusion_loss(x, ids, lg, ce, method="min_ce", reduction="none", backend=backend)
+    logq = torch.log_softmax(x, -1)
+    torch.testing.assert_close(loss, -torch.stack([logq[0, 2], logq[1, 1]]))
+
+
+def test_min_ce_compares_fp64_ce_exactly():
+    _check_min_ce_exact_fp64("torch")
+
+
 if not INTERP:
 
     def test_triton_interpreter_cases():
@@ -112,3 +129,6 @@ else:
             torch.testing.assert_close(a[1], b[1], rtol=1e-6, atol=1e-7)
             ref = merge_topk_ref(ids, lg, ce, V, method=method, teacher_temperature=temp)
             torch.testing.assert_close(_dense(a[0], a[1], V), ref, rtol=1e-6, atol=1e-7)
+
+    def test_interp_min_ce_compares_fp64_ce_exactly():
+        _check_min_ce_exact_fp64("triton")

@@ -33,13 +33,16 @@ if HAS_TRITON:
             w = present.to(tl.float32)
         else:
             s_idx = tl.arange(0, SB)
-            ce = tl.load(ce_ptr + row.to(tl.int64) * S + s_idx, mask=s_idx < S, other=0.0).to(tl.float32)
+            ce = tl.load(ce_ptr + row.to(tl.int64) * S + s_idx, mask=s_idx < S, other=0.0)
             if METHOD == 1:
-                cem = tl.where(present, ce, float("inf"))
+                # compare in fp64 (exact for every input dtype): fp64 CEs that differ by less
+                # than fp32 resolution are not a tie
+                cem = tl.where(present, ce.to(tl.float64), float("inf"))
                 cmin = tl.min(cem, axis=0)
                 pick = tl.min(tl.where(present & (cem == cmin), s_idx, SB), axis=0)
                 w = tl.where(present & (s_idx == pick), 1.0, 0.0)
             else:
+                ce = ce.to(tl.float32)
                 eu = tl.where(present, tl.exp(tl.exp(-tl.where(present, ce, 0.0))), 0.0)
                 tot = tl.sum(eu, axis=0)
                 w = eu / tl.where(tot > 0, tot, 1.0)
@@ -110,7 +113,8 @@ def merge_probs_torch(
     if method is None:
         w = present.to(acc)
     elif method == "min_ce":
-        cem = ce.to(acc).masked_fill(~present, float("inf"))
+        # in CE's own dtype, not acc: fp64 CEs closer than fp32 resolution are not a tie
+        cem = ce.masked_fill(~present, float("inf"))
         cand = present & (cem == cem.amin(-1, keepdim=True))
         pick = torch.argmax(cand.to(torch.int8), dim=-1)  # first True = lowest source index
         w = torch.nn.functional.one_hot(pick, ids.shape[-2]).to(acc) * present.any(-1, keepdim=True)
