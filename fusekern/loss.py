@@ -79,7 +79,7 @@ class FusionLoss(nn.Module):
         temp = V_.check_temperature(self.teacher_temperature)
         x = V_.check_logits(logits, "logits", 3)
         B, T, V = x.shape
-        V_.check_int(labels, "labels")
+        V_.check_int(labels, "labels", "-100 = ignored")
         V_.check_shape(labels, [B, T], "labels", " (matching logits [B, T, V])")
         V_.check_device(labels, x, "labels")
         V_.check_int(teacher_ids, "teacher_ids")

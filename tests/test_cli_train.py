@@ -178,3 +178,16 @@ def test_bad_input(tmp_path, target_dir, capsys):
         ]
     )
     assert rc == 2 and "--bogus" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, target_dir, capsys):
+    # a mistyped local path must not reach the Hub lookup (raw OSError traceback, rc 1)
+    data = save_packed(str(tmp_path / "packed"), 2, vocab=VOCAB, seed=5)
+    missing = str(tmp_path / "no_such_model")
+    common = ["--data_path", data, "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none"]
+    rc = main(["train", "--model_name_or_path", missing, "--tokenizer_name_or_path", target_dir, *common])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"model: no model directory at {missing!r}" in err and "Traceback" not in err
+    rc = main(["train", "--model_name_or_path", missing, *common])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no tokenizer directory at {missing!r}" in err

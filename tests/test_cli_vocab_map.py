@@ -95,6 +95,15 @@ def test_cli_writes_npz_and_json(tok_dirs, tmp_path, capsys):
         np.testing.assert_array_equal(getattr(vj, field), getattr(vmap, field))
 
 
+def test_cli_creates_missing_output_directory(tok_dirs, tmp_path, capsys):
+    # README recipe: `fusekern vocab-map ... --out $W/vocab/NAME.npz` into a fresh $W/vocab/.
+    out = tmp_path / "work" / "vocab" / "src.npz"
+    argv = ["vocab-map", "--source", tok_dirs["byte_bpe"], "--target", tok_dirs["sp_bpe"], "--out", str(out)]
+    rc = main(argv)
+    assert rc == 0, capsys.readouterr().err
+    assert VocabMap.load(str(out)).source_size == len(toy_tokenizer("byte_bpe"))
+
+
 def test_map_vocab_other_families():
     src, tgt = toy_tokenizer("unigram"), toy_tokenizer("byte_bpe")
     vmap = map_vocab(src, tgt, threads=2)
@@ -169,6 +178,19 @@ def test_cli_and_pipeline_write_identical_maps(tok_dirs, tmp_path, capsys):
         load_vocab_map(new, bigger, t_tok)
     with pytest.raises(ValueError, match="target tokenizer has 1001"):
         load_vocab_map(new, s_tok, bigger)
+
+
+def test_load_vocab_map_refuses_another_sources_map(tmp_path):
+    # Same sizes, other tokenizer (e.g. --vocab-maps in another order than --sources): the sizes
+    # pass, so the exact entries must be checked, else the top-k ids are mapped silently wrong.
+    from fusekern.pipeline.vocab import load_vocab_map
+
+    bpe, uni, tgt = toy_tokenizer("byte_bpe"), toy_tokenizer("unigram"), toy_tokenizer("sp_bpe")
+    assert len(bpe) == len(uni)
+    path = map_vocab(bpe, tgt).save(str(tmp_path / "bpe.npz"))
+    assert load_vocab_map(path, bpe, tgt).source_size == len(bpe)
+    with pytest.raises(ValueError, match="was not made for these tokenizers"):
+        load_vocab_map(path, uni, tgt)
 
 
 def test_special_without_counterpart(tmp_path):

@@ -87,6 +87,39 @@ def test_bad_inputs(tiny_lms, docs, tmp_path):
         run_extract(lm.path, docs[:4], str(tmp_path / "f"), num_shards=2, shard_index=2, progress=False)
 
 
+def test_missing_model_or_tokenizer_files_are_clear_errors(tiny_lms, docs, tmp_path):
+    """User errors on paths: no raw transformers traceback, a FileNotFoundError naming the path."""
+    import shutil
+
+    lm = tiny_lms["gpt2_uni"]
+    missing = str(tmp_path / "no_such_model")
+    with pytest.raises(FileNotFoundError, match="model: no model directory at"):
+        run_extract(missing, docs[:2], str(tmp_path / "a"), tokenizer=lm.path, progress=False)
+    # a model directory without tokenizer files: transformers would build an empty tokenizer
+    bare = tmp_path / "weights_only"
+    bare.mkdir()
+    for name in os.listdir(lm.path):
+        if name == "config.json" or name.endswith(".safetensors"):
+            shutil.copy(os.path.join(lm.path, name), bare / name)
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer vocabulary"):
+        run_extract(str(bare), docs[:2], str(tmp_path / "c"), progress=False)
+    out = run_extract(str(bare), docs[:2], str(tmp_path / "d"), tokenizer=lm.path, progress=False)
+    assert len(load_extract(out)[0]) == 2
+
+
+def test_resume_into_another_sources_directory_is_refused(tiny_lms, docs, tmp_path):
+    """Same sizes (the meta check passes), another vocabulary: the finished shards are another
+    source's, so reusing them would be silently wrong."""
+    a, b = tiny_lms["llama_sp"], tiny_lms["neox_bbpe"]
+    assert len(a.tokenizer) == len(b.tokenizer) and a.tokenizer.get_vocab() != b.tokenizer.get_vocab()
+    model_b = tiny_causal_lm("gpt_neox", len(a.tokenizer), hidden=32, heads=2, max_positions=256)
+    out = str(tmp_path / "src")
+    run_extract(a.path, docs[:3], out, top_k=TOP_K, progress=False)
+    with pytest.raises(ValueError, match="made with another tokenizer"):
+        run_extract(model_b, docs[:3], out, tokenizer=b.tokenizer, top_k=TOP_K, progress=False)
+    assert run_extract(a.path, docs[:3], out, top_k=TOP_K, progress=False) == out  # a true resume
+
+
 def test_sharding_by_index_and_by_rank_is_deterministic(tiny_lms, docs, extracts, tmp_path, monkeypatch):
     lm = tiny_lms["neox_bbpe"]
     ref_dir = extracts["neox_bbpe"]  # num_shards=2, computed in one call

@@ -16,7 +16,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="knowledge fusion end to end on stdlib text (about 10 minutes on 2 CPU cores)",
+        help="knowledge fusion end to end on stdlib text (5–7 minutes on 2 idle CPU cores)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

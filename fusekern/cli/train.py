@@ -89,8 +89,8 @@ def load_blocks(path: str, *, what: str):
 def run_train(model_args: TrainModelArguments, fusion_args: Any, training_args: Any) -> dict:
     """Train and save the target; returns the train metrics."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from fusekern.pipeline.io import load_causal_lm, load_tokenizer
     from fusekern.trainer import FusionTrainer, load_fusion_meta
 
     if model_args.model_dtype not in _DTYPES:
@@ -104,14 +104,17 @@ def run_train(model_args: TrainModelArguments, fusion_args: Any, training_args: 
     )
 
     tok_name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tok_name, trust_remote_code=model_args.trust_remote_code)
+    # fusekern's loaders: a wrong path is a clear FileNotFoundError, not a Hub-lookup traceback
+    tokenizer = load_tokenizer(tok_name, trust_remote_code=model_args.trust_remote_code)
     dtype = (
         model_args.model_dtype if model_args.model_dtype == "auto" else getattr(torch, model_args.model_dtype)
     )
-    load_kwargs: dict = {"dtype": dtype, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.attn_implementation:
-        load_kwargs["attn_implementation"] = model_args.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **load_kwargs)
+    model = load_causal_lm(
+        model_args.model_name_or_path,
+        dtype=dtype,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+    )
 
     trainer = FusionTrainer(
         model=model,

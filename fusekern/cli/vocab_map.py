@@ -9,6 +9,7 @@ ends with ``.json``. Load it with ``fusekern.align.VocabMap.load``. See
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     source = load_tokenizer(args.source, "--source")
     target = load_tokenizer(args.target, "--target")
+    # README's recipe writes into a fresh $W/vocab/; create it before the (possibly long) mapping.
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     t0 = time.perf_counter()
 
     def progress(done: int, total: int) -> None:

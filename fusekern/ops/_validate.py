@@ -41,10 +41,10 @@ def check_float(x: object, name: str) -> torch.Tensor:
     return t
 
 
-def check_int(x: object, name: str) -> torch.Tensor:
+def check_int(x: object, name: str, meaning: str = "negative = padding") -> torch.Tensor:
     t = _tensor(x, name)
     if t.dtype not in INT_DTYPES:
-        raise TypeError(f"{name} must be a signed integer tensor (negative = padding), got {t.dtype}")
+        raise TypeError(f"{name} must be a signed integer tensor ({meaning}), got {t.dtype}")
     return t
 
 

@@ -173,6 +173,13 @@ def _check_or_write_meta(out_dir: str, meta: dict) -> None:
 def _save_tokenizer(tok: Any, out_dir: str) -> None:
     final = os.path.join(out_dir, "tokenizer")
     if os.path.isdir(final):
+        # Sizes in the meta do not tell two tokenizers apart: resuming into another source's
+        # directory would silently keep that source's shards.
+        if load_tokenizer(final).get_vocab() != tok.get_vocab():
+            raise ValueError(
+                f"out_dir {out_dir!r} holds an extract made with another tokenizer (its vocabulary differs "
+                "from this one's: another source model?); use a new out_dir"
+            )
         return
     tmp = os.path.join(out_dir, f".tmp-tokenizer-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tok.save_pretrained(tmp)

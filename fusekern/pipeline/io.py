@@ -125,21 +125,40 @@ def load_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False):
     (:func:`fusekern.align.vocab.load_tokenizer`)."""
     from fusekern.align.vocab import load_tokenizer as _load
 
-    return _load(tokenizer, trust_remote_code=trust_remote_code)
+    tok = _load(tokenizer, trust_remote_code=trust_remote_code)
+    if isinstance(tokenizer, (str, os.PathLike)) and len(tok.get_vocab()) <= len(set(tok.all_special_ids)):
+        # transformers builds an empty tokenizer from a model directory without tokenizer files
+        raise FileNotFoundError(
+            f"tokenizer: {os.fspath(tokenizer)!r} holds no tokenizer vocabulary (only special tokens); "
+            "save the tokenizer there or pass the tokenizer's directory"
+        )
+    return tok
 
 
-def load_causal_lm(model: Any, *, dtype=None, trust_remote_code: bool = False):
-    """A causal LM (``AutoModelForCausalLM``) from an object, a local directory or a Hub name."""
+def load_causal_lm(
+    model: Any, *, dtype=None, trust_remote_code: bool = False, attn_implementation: str | None = None
+):
+    """A causal LM (``AutoModelForCausalLM``) from an object, a local directory or a Hub name.
+    A path that cannot be loaded raises ``FileNotFoundError`` naming it."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if isinstance(model, torch.nn.Module):
         return model
     if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
+        if looks_local and not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"model: no model directory at {path!r}")
         kwargs = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        return AutoModelForCausalLM.from_pretrained(os.fspath(model), **kwargs)
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        try:
+            return AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs)
+        except OSError as exc:  # no config/weights there, or a Hub name that cannot be reached
+            raise FileNotFoundError(f"model: cannot load a causal LM from {path!r}: {exc}") from None
     raise TypeError(f"model must be a path, a Hub name or a torch.nn.Module, got {type(model).__name__}")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 
 def build_vocab_map(source_tokenizer: Any, target_tokenizer: Any, *, threads: int | None = None):
     """The ``fusekern.align.VocabMap`` (source id -> target id, -1 = none) of two tokenizers
@@ -44,8 +46,21 @@ def load_vocab_map(path: str, source_tokenizer: Any, target_tokenizer: Any):
     """A saved map (from :func:`run_vocab_map` or ``fusekern vocab-map``), checked against the
     two tokenizers' sizes (``ValueError`` on a mismatch). The refinement is re-applied: it is
     idempotent, and brings a map written without it (older fusekern) up to date."""
-    from fusekern.align.vocab import VocabMap, refine_vocab_map
+    from fusekern.align.vocab import VocabMap, refine_vocab_map, token_tables
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocab map {path!r} does not exist")
-    return refine_vocab_map(VocabMap.load(path), source_tokenizer, target_tokenizer)
+    vmap = refine_vocab_map(VocabMap.load(path), source_tokenizer, target_tokenizer)
+    # Sizes alone do not tell tokenizers apart (a map of another source of the same size, e.g.
+    # --vocab-maps given in another order than --sources): an exact entry must join equal surfaces.
+    src_surface = token_tables(source_tokenizer)[1]
+    tgt_surface = token_tables(target_tokenizer)[1]
+    for s in np.flatnonzero(vmap.exact & ~vmap.special & (vmap.ids >= 0)):
+        t = int(vmap.ids[s])
+        if src_surface[s] != tgt_surface[t]:
+            raise ValueError(
+                f"vocab map {path!r} was not made for these tokenizers: it marks source id {s} "
+                f"({src_surface[s]!r}) an exact match of target id {t} ({tgt_surface[t]!r}); "
+                "is it another source's map (check the order of the vocab maps)?"
+            )
+    return vmap
