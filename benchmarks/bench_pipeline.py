@@ -25,6 +25,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import time
 import tracemalloc
 
@@ -38,6 +39,9 @@ from fusekern.pipeline import run_align, run_pack, split_texts
 from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
 from fusekern.pipeline.io import encode, text_hashes
 from fusekern.toy import corpus, tokenizers
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from align_reference import fusellm_dtw  # noqa: E402  (FuseLLM's DTW as released, shared with the tests)
 
 K = 10
 BLOCK = 512
@@ -121,30 +125,6 @@ def setup(tmp_path_factory):
 # ------------------------------------------------------------------ FuseLLM-style reference
 
 
-def _fusellm_dtw(series_1: list, series_2: list, dist) -> list:
-    """FuseLLM's DTW as released: Python loops over a numpy matrix; returns series_2 -> series_1."""
-    n, m = len(series_1), len(series_2)
-    mat = np.zeros((n + 1, m + 1))
-    mat[0, :] = np.inf
-    mat[:, 0] = np.inf
-    mat[0, 0] = 0
-    for i, a in enumerate(series_1):
-        for j, b in enumerate(series_2):
-            mat[i + 1, j + 1] = dist(a, b) + min(mat[i, j + 1], mat[i + 1, j], mat[i, j])
-    mat = mat[1:, 1:]
-    i, j = n - 1, m - 1
-    to_1 = [[] for _ in range(m)]
-    while i > 0 or j > 0:
-        to_1[j].append(i)
-        diag = mat[i - 1, j - 1] if i > 0 and j > 0 else np.inf
-        up = mat[i - 1, j] if i > 0 else np.inf
-        left = mat[i, j - 1] if j > 0 else np.inf
-        move = int(np.argmin([diag, up, left]))
-        i, j = (i - 1, j - 1) if move == 0 else ((i - 1, j) if move == 1 else (i, j - 1))
-    to_1[0].append(0)
-    return [sorted(x) for x in to_1]
-
-
 def _fusellm_align_doc(base_tok, blend_tok, base_ids, blend_ids, blend_top_ids, blend_top_logits, mapping):
     """FuseLLM's per-document teacher alignment ("soft" vocab mode): DTW on token strings with
     the markers stripped, then per base position a Python loop over the K ids with
@@ -158,7 +138,7 @@ def _fusellm_align_doc(base_tok, blend_tok, base_ids, blend_ids, blend_top_ids, 
     def dist(a, b):
         return editdistance.eval(a.replace("Ġ", "").replace("▁", ""), b.replace("▁", ""))
 
-    base_to_blend = _fusellm_dtw(blend_tokens, base_tokens, dist)
+    base_to_blend = fusellm_dtw(blend_tokens, base_tokens, dist)[1]
     out_ids, out_logits = [], []
     for i, js in enumerate(base_to_blend):
         ids, logits = [], []

@@ -13,7 +13,7 @@ import torch
 
 from . import _validate as V_
 from .merge_topk import METHODS
-from .sparse_kl import LOSS_TYPES, REDUCTIONS, sparse_loss
+from .sparse_kl import distill_loss
 
 
 def fusion_loss(
@@ -57,26 +57,19 @@ def fusion_loss(
     V_.check_shape(source_ce, [N, S], "source_ce", " (matching teacher_ids [N, S, K])")
     V_.check_device(source_ce, x, "source_ce")
     V_.check_choice(method, METHODS, "method")
-    V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
-    V_.check_choice(reduction, REDUCTIONS, "reduction")
-    temp = V_.check_temperature(teacher_temperature)
-    keep = None if ignore_mask is None else ~V_.check_mask(ignore_mask, N, x)
-    loss, _ = sparse_loss(
+    return distill_loss(
         x,
         teacher_ids,
         teacher_logits,
         source_ce,
         method=method,
-        temperature=temp,
-        kl=loss_type == "kl",
-        keep=keep,
-        labels=None,
-        lm_weight=0.0,
+        teacher_temperature=teacher_temperature,
+        loss_type=loss_type,
+        ignore_mask=ignore_mask,
         reduction=reduction,
         backend=backend,
         names={"ids": "teacher_ids", "logits": "teacher_logits", "ce": "source_ce"},
     )
-    return loss
 
 
 __all__ = ["fusion_loss"]

@@ -504,16 +504,48 @@ def sparse_kl_loss(
     x = V_.check_logits(student_logits, "student_logits", 2)
     N = x.shape[0]
     V_.check_topk(teacher_ids, teacher_logits, (N,), x, "teacher_ids", "teacher_logits")
-    V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
-    V_.check_choice(reduction, REDUCTIONS, "reduction")
-    temp = V_.check_temperature(teacher_temperature)
-    keep = None if ignore_mask is None else ~V_.check_mask(ignore_mask, N, x)
-    loss, _ = sparse_loss(
+    return distill_loss(
         x,
         teacher_ids[:, None, :],
         teacher_logits[:, None, :],
         None,
         method=None,
+        teacher_temperature=teacher_temperature,
+        loss_type=loss_type,
+        ignore_mask=ignore_mask,
+        reduction=reduction,
+        backend=backend,
+        names={"ids": "teacher_ids", "logits": "teacher_logits"},
+    )
+
+
+def distill_loss(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    logits: torch.Tensor,
+    ce: torch.Tensor | None,
+    *,
+    method: str | None,
+    teacher_temperature: float,
+    loss_type: str,
+    ignore_mask: torch.Tensor | None,
+    reduction: str,
+    backend: str,
+    names: dict,
+) -> torch.Tensor:
+    """The distillation-only loss (no CLM term) behind ``sparse_kl_loss`` and ``fusion_loss``:
+    checks the options they share, then runs :func:`sparse_loss`. ``x`` and the teacher
+    tensors must already be validated by the caller."""
+    V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+    V_.check_choice(reduction, REDUCTIONS, "reduction")
+    temp = V_.check_temperature(teacher_temperature)
+    keep = None if ignore_mask is None else ~V_.check_mask(ignore_mask, x.shape[0], x)
+    loss, _ = sparse_loss(
+        x,
+        ids,
+        logits,
+        ce,
+        method=method,
         temperature=temp,
         kl=loss_type == "kl",
         keep=keep,
@@ -521,7 +553,7 @@ def sparse_kl_loss(
         lm_weight=0.0,
         reduction=reduction,
         backend=backend,
-        names={"ids": "teacher_ids", "logits": "teacher_logits"},
+        names=names,
     )
     return loss
 
