@@ -202,14 +202,19 @@ SeqView outer_view(py::handle obj, const std::string& arg, const char* what) {
   return seq_view(obj, arg, what);
 }
 
+// The two sides of a batch call must hold the same number of sequences.
+void check_same_length(const SeqView& va, const SeqView& vb, const char* a_name, const char* b_name) {
+  if (va.n != vb.n) {
+    throw py::value_error(std::string(a_name) + " and " + b_name + " must have the same length (" +
+                          std::to_string(va.n) + " != " + std::to_string(vb.n) + ")");
+  }
+}
+
 py::list span_align_batch_py(py::handle a_seqs, py::handle b_seqs, int threads, bool raise_on_mismatch) {
   check_threads(threads);
   SeqView va = outer_view(a_seqs, "a_seqs", "token sequences");
   SeqView vb = outer_view(b_seqs, "b_seqs", "token sequences");
-  if (va.n != vb.n) {
-    throw py::value_error("a_seqs and b_seqs must have the same length (" + std::to_string(va.n) +
-                          " != " + std::to_string(vb.n) + ")");
-  }
+  check_same_length(va, vb, "a_seqs", "b_seqs");
   const int64_t P = va.n;
   std::vector<BytesSeq> A(P), B(P);
   std::vector<int64_t> na(P), nb(P);
@@ -267,10 +272,7 @@ py::list span_align_ids_batch_py(py::handle a_ids, py::handle b_ids, const fk::B
   check_threads(threads);
   SeqView va = outer_view(a_ids, "a_ids", "id arrays");
   SeqView vb = outer_view(b_ids, "b_ids", "id arrays");
-  if (va.n != vb.n) {
-    throw py::value_error("a_ids and b_ids must have the same length (" + std::to_string(va.n) + " != " +
-                          std::to_string(vb.n) + ")");
-  }
+  check_same_length(va, vb, "a_ids", "b_ids");
   const int64_t P = va.n;
   std::vector<py::array_t<int64_t>> A(P), B(P);
   std::vector<int64_t> na(P), nb(P);
@@ -395,10 +397,7 @@ py::list dtw_batch_py(py::handle a_seqs, py::handle b_seqs, int64_t band, int th
   check_threads(threads);
   SeqView va = outer_view(a_seqs, "a_seqs", "token sequences");
   SeqView vb = outer_view(b_seqs, "b_seqs", "token sequences");
-  if (va.n != vb.n) {
-    throw py::value_error("a_seqs and b_seqs must have the same length (" + std::to_string(va.n) +
-                          " != " + std::to_string(vb.n) + ")");
-  }
+  check_same_length(va, vb, "a_seqs", "b_seqs");
   const int64_t P = va.n;
   SeqView wa_view, wb_view;
   const bool has_wa = !a_widths.is_none(), has_wb = !b_widths.is_none();

@@ -40,13 +40,17 @@ def _chunks(text: str, max_chars: int) -> list:
 def _take(docs: list, budget: int, max_doc_chars: int) -> list:
     """Up to ``budget`` characters of chunks (``max_doc_chars`` at most) of ``docs``, the chunks
     shuffled by content hash so that a budget samples many documents (code files are long)."""
-    chunks = _order([c for d in docs for c in _chunks(d, max_doc_chars)])
+    return cap(_order([c for d in docs for c in _chunks(d, max_doc_chars)]), budget)
+
+
+def cap(docs: list, chars: int) -> list:
+    """The leading ``docs`` until ``chars`` characters are reached (the last one may cross it)."""
     out, used = [], 0
-    for c in chunks:
-        if used >= budget:
+    for d in docs:
+        if used >= chars:
             break
-        out.append(c)
-        used += len(c)
+        out.append(d)
+        used += len(d)
     return out
 
 

@@ -100,24 +100,15 @@ def _stage_corpus(cfg: DemoConfig, path: str) -> dict:
     }
 
 
-def _cap(docs: list, chars: int) -> list:
-    out, used = [], 0
-    for d in docs:
-        if used >= chars:
-            break
-        out.append(d)
-        used += len(d)
-    return out
-
-
 def _stage_model(cfg: DemoConfig, spec: ModelSpec, corpus: dict, model_dir: str) -> dict:
     """Train the model's tokenizer, pretrain it from scratch, save both to ``model_dir``."""
+    from fusekern.demo.data import cap
     from fusekern.demo.lm import build_model, pretrain, token_stream
     from fusekern.toy.tokenizers import train_tokenizer
 
     texts = [t for d in DOMAINS for t in corpus["tokenizer"][d]]
     tok = train_tokenizer(spec.tokenizer, texts, vocab_size=cfg.vocab_size)
-    streams = {d: token_stream(tok, _cap(corpus["pretrain"][d], cfg.pretrain_chars)) for d in DOMAINS}
+    streams = {d: token_stream(tok, cap(corpus["pretrain"][d], cfg.pretrain_chars)) for d in DOMAINS}
     model = build_model(spec, tok, cfg.block_size, cfg.seed)
     losses = pretrain(
         model,
