@@ -91,7 +91,9 @@ class VocabMap:
 
     ``ids`` int64 (``-1`` = no counterpart), ``distance`` int64 edit distance of the surface
     strings (0 = exact; -1 for special/unmapped ids), ``exact`` bool, ``special`` bool (the
-    source id is a special token, mapped by content or role).
+    source id is a special token, mapped by content or role). ``tokenizers``: what the map was
+    made for (``{"source": ..., "target": ...}``, free-form, saved with it; see
+    ``fusekern.pipeline.vocab``), or None.
     """
 
     ids: np.ndarray
@@ -99,6 +101,7 @@ class VocabMap:
     exact: np.ndarray
     special: np.ndarray
     target_size: int
+    tokenizers: dict | None = None
 
     @property
     def source_size(self) -> int:
@@ -118,6 +121,8 @@ class VocabMap:
     def save(self, path: str) -> str:
         """Writes ``.json`` (readable lists) if the name ends with .json, else ``.npz``."""
         counts = self.counts()
+        if self.tokenizers:
+            counts["tokenizers"] = self.tokenizers
         if path.endswith(".json"):
             doc = {
                 "format": FORMAT,
@@ -167,6 +172,7 @@ class VocabMap:
             exact=np.asarray(arrays["exact"], dtype=bool),
             special=np.asarray(arrays["special"], dtype=bool),
             target_size=int(meta["target_size"]),
+            tokenizers=meta.get("tokenizers"),
         )
 
 
@@ -265,6 +271,9 @@ def map_vocab(
     """
     from fusekern.align import mined_map  # the package face validates `threads`
 
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+
     src_surface = token_tables(source_tokenizer)[1]
     tgt_surface = token_tables(target_tokenizer)[1]
     src_specials = _special_ids(source_tokenizer)
@@ -314,7 +323,7 @@ def load_tokenizer(tokenizer: Any, name: str = "tokenizer", *, trust_remote_code
     """A tokenizer object (returned as is), a local directory or ``tokenizer.json``, or a Hub
     name where one is reachable. A path that cannot be loaded raises ``FileNotFoundError``
     naming ``name`` and the path; another type raises ``TypeError``."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
@@ -322,11 +331,52 @@ def load_tokenizer(tokenizer: Any, name: str = "tokenizer", *, trust_remote_code
         raise TypeError(f"{name} must be a path, a Hub name or a tokenizer, got {type(tokenizer).__name__}")
     path = os.fspath(tokenizer)
     if os.path.isfile(path) and path.endswith(".json"):
-        return PreTrainedTokenizerFast(tokenizer_file=path)
+        return _tokenizer_from_json(path, name, trust_remote_code)
     looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"{name}: no tokenizer directory at {path!r}")
     try:
         return AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, or the Rust parser's error on a damaged file
         raise FileNotFoundError(f"{name}: cannot load a tokenizer from {path!r}: {exc}") from None
+
+
+# Special-token roles of a bare tokenizer.json (no tokenizer_config.json to name them): the
+# usual spellings, first match wins. Without them e.g. MPT's <|endoftext|> would have no eos role.
+_ROLE_SPELLINGS = {
+    "eos_token": ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>"),
+    "bos_token": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"),
+    "unk_token": ("<unk>", "[UNK]", "<|unk|>"),
+    "pad_token": ("<pad>", "<|padding|>", "[PAD]", "<|pad|>"),
+    "sep_token": ("[SEP]",),
+    "cls_token": ("[CLS]",),
+    "mask_token": ("[MASK]", "<mask>"),
+}
+
+
+def _tokenizer_from_json(path: str, name: str, trust_remote_code: bool) -> Any:
+    """A ``tokenizer.json`` file: its directory when a ``tokenizer_config.json`` beside it names
+    the special tokens, else the file with special-token roles taken from its special added
+    tokens by their usual spellings (``_ROLE_SPELLINGS``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) == "tokenizer.json" and os.path.isfile(
+        os.path.join(folder, "tokenizer_config.json")
+    ):
+        return load_tokenizer(folder, name, trust_remote_code=trust_remote_code)
+    try:
+        tok = PreTrainedTokenizerFast(tokenizer_file=path)
+        with open(path, encoding="utf-8") as f:
+            added = json.load(f).get("added_tokens") or []
+    except Exception as exc:  # the Rust parser raises a bare Exception on a non-tokenizer file
+        raise ValueError(f"{name}: {path!r} is not a tokenizers tokenizer.json file ({exc})") from None
+    specials = {a.get("content") for a in added if isinstance(a, dict) and a.get("special")}
+    roles = {}
+    for role, spellings in _ROLE_SPELLINGS.items():
+        found = next((s for s in spellings if s in specials), None)
+        if found is not None:
+            roles[role] = found
+    if roles:
+        tok.add_special_tokens(roles)  # tokens already in the vocabulary: only the roles change
+    return tok

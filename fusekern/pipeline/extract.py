@@ -28,7 +28,9 @@ tokenizer; a tokenizer with *more* ids than the logits is an error.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import os
 import shutil
 import socket
@@ -52,10 +54,14 @@ from fusekern.pipeline.io import (
     text_hashes,
     write_json_atomic,
 )
+from fusekern.pipeline.paths import check_no_overlap
 
 FORMAT = "fusekern-extract/1"
 META_FILE = "extract_meta.json"
 LOG_FILE = "extract.log"
+DIR_LOCK = ".lock"  # held briefly while the meta and tokenizer are checked or written
+# One lock file per shard (".lock-shard-00000-of-00004"), held while that shard is computed:
+# a second process on the same shard gets an error instead of deleting the live temporary.
 # Testing aid: seconds to sleep after each window is written (lets a test kill the process
 # while a shard is half-written). Never set in normal use.
 _PAUSE_ENV = "FUSEKERN_EXTRACT_TEST_PAUSE"
@@ -138,7 +144,14 @@ def _resolve_device(device: Any):
     import torch
 
     if device is not None:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.type == "cuda" and (count == 0 or (dev.index is not None and dev.index >= count)):
+            raise ValueError(f"device {device!r}: no such CUDA device here")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
@@ -156,18 +169,72 @@ def _assigned_shards(num_shards: int, shard_index: Union[int, Sequence[int], Non
     return indices
 
 
-def _check_or_write_meta(out_dir: str, meta: dict) -> None:
-    path = os.path.join(out_dir, META_FILE)
-    if os.path.exists(path):
-        old = read_json(path)
-        diff = {k: (old.get(k), meta[k]) for k in _CHECKED_KEYS if old.get(k) != meta[k]}
-        if diff:
-            detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+@contextlib.contextmanager
+def _locked(path: str, *, wait: bool, busy: str):
+    """An exclusive ``flock`` on ``path`` (created if absent) for the ``with`` block. ``wait``:
+    block until it is free, else raise ``ValueError(busy + holder)`` at once. The lock dies
+    with its process, so a killed run never leaves a stale lock behind."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip()
+            raise ValueError(f"{busy} ({holder or 'another process'} holds {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_out_dir(out_dir: str, inputs: list) -> None:
+    """Extract writes into an existing directory only to resume its own extract (it never
+    deletes one): a non-empty directory without ``extract_meta.json`` is refused, and so is an
+    output that equals, holds or lies inside an input (:mod:`fusekern.pipeline.paths`)."""
+    check_no_overlap(out_dir, inputs)
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
+        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, META_FILE)):
             raise ValueError(
-                f"out_dir {out_dir!r} holds an extract made with other settings ({detail}); use a new out_dir"
+                f"out_dir {out_dir!r} is not empty and holds no extract ({META_FILE}); refusing to write "
+                "into it: choose a new or empty directory"
             )
-        return
-    write_json_atomic(path, meta)
+
+
+def check_token_ids(ids: np.ndarray, size: int, what: str) -> None:
+    """Token ids read back from an extract must lie in ``[0, size)``: a negative id would
+    silently index from the end of a lookup table."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"{what}: token id {bad} outside [0, {size}): the extract is damaged or foreign")
+
+
+def _check_or_write_meta(out_dir: str, meta: dict) -> None:
+    """Create the meta if absent (atomically: a hard link of a complete temporary file fails if
+    another process created it first), else check that its settings are these."""
+    path = os.path.join(out_dir, META_FILE)
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        write_json_atomic(tmp, meta)
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            pass  # another process was first: check against its settings
+        finally:
+            os.unlink(tmp)
+    try:
+        old = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} is damaged ({exc}); use a new out_dir") from None
+    diff = {k: (old.get(k), meta[k]) for k in _CHECKED_KEYS if old.get(k) != meta[k]}
+    if diff:
+        detail = ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"out_dir {out_dir!r} holds an extract made with other settings ({detail}); use a new out_dir"
+        )
 
 
 def _save_tokenizer(tok: Any, out_dir: str) -> None:
@@ -202,6 +269,8 @@ def _finished_shard_ok(path: str, expected_hashes: np.ndarray) -> bool:
     ):
         return False
     table = _read_arrow(os.path.join(path, "data.arrow"))
+    if table.num_rows != expected_hashes.size:
+        raise _damaged(path, f"{table.num_rows} rows, {expected_hashes.size} expected")
     got = table.column("text_hash").to_numpy()
     if got.shape != expected_hashes.shape or not np.array_equal(got, expected_hashes):
         raise ValueError(
@@ -210,9 +279,19 @@ def _finished_shard_ok(path: str, expected_hashes: np.ndarray) -> bool:
     return True
 
 
+def _damaged(shard_dir: str, why: str) -> ValueError:
+    return ValueError(
+        f"extract shard {shard_dir!r} is damaged ({why}); delete that directory and rerun "
+        "`fusekern extract` with the same arguments to recompute it"
+    )
+
+
 def _read_arrow(path: str) -> pa.Table:
-    with pa.memory_map(path) as source:
-        return pa.ipc.open_stream(source).read_all()
+    try:
+        with pa.memory_map(path) as source:
+            return pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException) as exc:  # a truncated or overwritten file
+        raise _damaged(os.path.dirname(path), str(exc)) from None
 
 
 def _record_batch(schema: pa.Schema, top_k: int, rows: list) -> pa.RecordBatch:
@@ -316,6 +395,7 @@ def run_extract(
     if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
         raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
     shards = _assigned_shards(num_shards, shard_index)
+    _check_out_dir(out_dir, [("data", data), ("model", model), ("tokenizer", tokenizer)])
 
     ds = load_texts(data, text_column=text_column, split=split)
     n_docs = len(ds)
@@ -338,7 +418,10 @@ def run_extract(
     lm = load_causal_lm(model, dtype=torch_dtype if from_path else None, trust_remote_code=trust_remote_code)
     if from_path or dtype is not None:
         lm = lm.to(dtype=torch_dtype)
-    lm = lm.to(dev).eval()
+    try:
+        lm = lm.to(dev).eval()
+    except (RuntimeError, AssertionError) as exc:  # e.g. a device this torch build lacks
+        raise ValueError(f"device {device!r}: cannot move the model there ({exc})") from None
     vocab = logits_dim(lm)
     if len(tok) > vocab:
         raise ValueError(
@@ -366,8 +449,10 @@ def run_extract(
         "bos_added": False,
         "dtype": str(torch_dtype).replace("torch.", ""),
     }
-    _check_or_write_meta(out_dir, meta)
-    _save_tokenizer(tok, out_dir)
+    busy = f"another process is writing the settings of {out_dir!r}"
+    with _locked(os.path.join(out_dir, DIR_LOCK), wait=True, busy=busy):
+        _check_or_write_meta(out_dir, meta)
+        _save_tokenizer(tok, out_dir)
 
     schema = extract_features(top_k).arrow_schema
     pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
@@ -387,54 +472,61 @@ def run_extract(
     window = max(256, 32 * batch_size)
     with torch.inference_mode():
         for index, lo, hi, hashes in todo:
-            t0 = time.time()
             name = shard_name(index, num_shards)
             final = os.path.join(out_dir, name)
-            for stale in os.listdir(out_dir):  # leftovers of a killed run on this shard
-                if stale.startswith(f".tmp-{name}-"):
-                    shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
-            tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.makedirs(tmp)
-            n_tokens = 0
-            with (
-                pa.OSFile(os.path.join(tmp, "data.arrow"), "wb") as sink,
-                pa.ipc.new_stream(sink, schema) as writer,
-            ):
-                for w0 in range(lo, hi, window):
-                    w1 = min(hi, w0 + window)
-                    texts = ds[w0:w1][text_column]
-                    rows = _extract_window(
-                        lm,
-                        tok,
-                        texts,
-                        w0,
-                        hashes[w0 - lo : w1 - lo],
-                        dev,
-                        top_k,
-                        batch_size,
-                        vocab,
-                        max_len,
-                        pad_id,
-                    )
-                    n_tokens += sum(len(r[2]) for r in rows)
-                    writer.write_batch(_record_batch(schema, top_k, rows))
-                    bar.update(w1 - w0)
-                    if pause:
-                        time.sleep(pause)
-            seconds = time.time() - t0
-            write_json_atomic(
-                os.path.join(tmp, "shard.json"),
-                {
-                    "shard": index,
-                    "num_shards": num_shards,
-                    "doc_start": lo,
-                    "doc_end": hi,
-                    "tokens": n_tokens,
-                    "seconds": round(seconds, 3),
-                },
-            )
-            replace_dir(tmp, final)  # a rename; clears a damaged leftover first
-            _log(out_dir, f"computed {name} docs [{lo}, {hi}) tokens={n_tokens} seconds={seconds:.2f}")
+            busy = f"{name} of {out_dir!r} is being computed by another extract process; wait for it"
+            with _locked(os.path.join(out_dir, f".lock-{name}"), wait=False, busy=busy):
+                if os.path.isdir(final) and _finished_shard_ok(final, hashes):
+                    print(f"extract: {name} was finished by another process meanwhile, skipped")
+                    bar.update(hi - lo)
+                    continue
+                t0 = time.time()
+                # Leftovers of a killed run on this shard: safe to delete, we hold its lock.
+                for stale in os.listdir(out_dir):
+                    if stale.startswith(f".tmp-{name}-"):
+                        shutil.rmtree(os.path.join(out_dir, stale), ignore_errors=True)
+                tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                os.makedirs(tmp)
+                n_tokens = 0
+                with (
+                    pa.OSFile(os.path.join(tmp, "data.arrow"), "wb") as sink,
+                    pa.ipc.new_stream(sink, schema) as writer,
+                ):
+                    for w0 in range(lo, hi, window):
+                        w1 = min(hi, w0 + window)
+                        texts = ds[w0:w1][text_column]
+                        rows = _extract_window(
+                            lm,
+                            tok,
+                            texts,
+                            w0,
+                            hashes[w0 - lo : w1 - lo],
+                            dev,
+                            top_k,
+                            batch_size,
+                            vocab,
+                            max_len,
+                            pad_id,
+                        )
+                        n_tokens += sum(len(r[2]) for r in rows)
+                        writer.write_batch(_record_batch(schema, top_k, rows))
+                        bar.update(w1 - w0)
+                        if pause:
+                            time.sleep(pause)
+                seconds = time.time() - t0
+                write_json_atomic(
+                    os.path.join(tmp, "shard.json"),
+                    {
+                        "shard": index,
+                        "num_shards": num_shards,
+                        "doc_start": lo,
+                        "doc_end": hi,
+                        "tokens": n_tokens,
+                        "seconds": round(seconds, 3),
+                    },
+                )
+                replace_dir(tmp, final)  # a rename; clears a damaged leftover (no shard.json) first
+                _log(out_dir, f"computed {name} docs [{lo}, {hi}) tokens={n_tokens} seconds={seconds:.2f}")
     bar.close()
     missing = missing_shards(out_dir)
     if missing:
@@ -509,10 +601,17 @@ def load_extract(out_dir: str) -> tuple[datasets.Dataset, dict]:
             f"extract in {out_dir!r} is incomplete: shards {missing} of {meta['num_shards']} are missing "
             "(rerun `fusekern extract` with the same arguments to finish it)"
         )
-    parts = [
-        datasets.Dataset.from_file(os.path.join(out_dir, shard_name(i, meta["num_shards"]), "data.arrow"))
-        for i in range(meta["num_shards"])
-    ]
+    parts = []
+    for i in range(meta["num_shards"]):
+        shard_dir = os.path.join(out_dir, shard_name(i, meta["num_shards"]))
+        try:
+            part = datasets.Dataset.from_file(os.path.join(shard_dir, "data.arrow"))
+        except (OSError, pa.ArrowException) as exc:
+            raise _damaged(shard_dir, str(exc)) from None
+        lo, hi = shard_bounds(meta["num_docs"], meta["num_shards"], i)
+        if len(part) != hi - lo:
+            raise _damaged(shard_dir, f"{len(part)} rows, {hi - lo} expected")
+        parts.append(part)
     ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if len(ds) != meta["num_docs"]:
         raise ValueError(f"extract in {out_dir!r} has {len(ds)} rows, its meta says {meta['num_docs']}")

@@ -19,6 +19,8 @@ from typing import Any, Sequence, Union
 import datasets
 import numpy as np
 
+from fusekern.pipeline.paths import OutputDir, check_name_or_path, replace_output_dir
+
 DataLike = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict, Sequence[str]]
 
 _FILE_BUILDERS = {
@@ -89,13 +91,7 @@ def _load_path(path: str, split: str | None, what: str) -> datasets.Dataset:
             raise ValueError(f"{what}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}")
         loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split=split or "train")
         return _as_dataset(loaded, split, what)
-    looks_local = (
-        path.startswith((".", "/", "~"))
-        or path.count("/") > 1
-        or os.path.splitext(path)[1].lower() in _FILE_BUILDERS
-    )
-    if looks_local:
-        raise FileNotFoundError(f"{what}: no such file or directory")
+    check_name_or_path(path, what)  # a mistyped local path is an error, never a Hub lookup
     return _as_dataset(datasets.load_dataset(path, split=split), split, what)  # a Hub name
 
 
@@ -120,26 +116,32 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- models
 
 
-def load_tokenizer(tokenizer: Any, *, trust_remote_code: bool = False):
-    """A Hugging Face tokenizer from an object, a local directory or a Hub name
-    (:func:`fusekern.align.vocab.load_tokenizer`)."""
+def load_tokenizer(tokenizer: Any, *, name: str = "tokenizer", trust_remote_code: bool = False):
+    """A Hugging Face tokenizer from an object, a local directory, a ``tokenizer.json`` or a Hub
+    name (:func:`fusekern.align.vocab.load_tokenizer`); ``name`` is the argument named in errors."""
     from fusekern.align.vocab import load_tokenizer as _load
 
-    tok = _load(tokenizer, trust_remote_code=trust_remote_code)
+    check_name_or_path(tokenizer, name)
+    tok = _load(tokenizer, name, trust_remote_code=trust_remote_code)
     if isinstance(tokenizer, (str, os.PathLike)) and len(tok.get_vocab()) <= len(set(tok.all_special_ids)):
         # transformers builds an empty tokenizer from a model directory without tokenizer files
         raise FileNotFoundError(
-            f"tokenizer: {os.fspath(tokenizer)!r} holds no tokenizer vocabulary (only special tokens); "
+            f"{name}: {os.fspath(tokenizer)!r} holds no tokenizer vocabulary (only special tokens); "
             "save the tokenizer there or pass the tokenizer's directory"
         )
     return tok
 
 
 def load_causal_lm(
-    model: Any, *, dtype=None, trust_remote_code: bool = False, attn_implementation: str | None = None
+    model: Any,
+    *,
+    dtype=None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    name: str = "model",
 ):
     """A causal LM (``AutoModelForCausalLM``) from an object, a local directory or a Hub name.
-    A path that cannot be loaded raises ``FileNotFoundError`` naming it."""
+    A path that cannot be loaded raises ``FileNotFoundError`` naming it (and ``name``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -147,9 +149,9 @@ def load_causal_lm(
         return model
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
-        if looks_local and not os.path.isdir(os.path.expanduser(path)):
-            raise FileNotFoundError(f"model: no model directory at {path!r}")
+        check_name_or_path(path, name)
+        if os.path.exists(os.path.expanduser(path)) and not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"{name}: no model directory at {path!r}")
         kwargs = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -158,7 +160,7 @@ def load_causal_lm(
         try:
             return AutoModelForCausalLM.from_pretrained(os.path.expanduser(path), **kwargs)
         except OSError as exc:  # no config/weights there, or a Hub name that cannot be reached
-            raise FileNotFoundError(f"model: cannot load a causal LM from {path!r}: {exc}") from None
+            raise FileNotFoundError(f"{name}: cannot load a causal LM from {path!r}: {exc}") from None
     raise TypeError(f"model must be a path, a Hub name or a torch.nn.Module, got {type(model).__name__}")
 
 
@@ -180,6 +182,21 @@ def tokenizer_name(tok: Any) -> str:
     return name_of(tok) if getattr(tok, "name_or_path", "") else type(tok).__name__
 
 
+def check_unique_names(names: list, what: str) -> None:
+    """Source names key the teacher columns (``--fusion_sources``): they must be distinct."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what}: source names must be unique, {dup} appear more than once (name them)")
+
+
+def vocab_fingerprint(tok: Any) -> str:
+    """SHA-256 of a tokenizer's vocabulary (every ``(id, token string)``, added tokens included):
+    equal for the same tokenizer however it was saved or loaded, different for another one.
+    Recorded by vocab-map and pack, checked by align and train."""
+    items = sorted((int(i), str(t)) for t, i in tok.get_vocab().items())
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 # ------------------------------------------------------------------------------------ disk helpers
 
 
@@ -197,16 +214,17 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def replace_dir(tmp_dir: str, final_dir: str) -> None:
-    """Move a finished temporary directory into place (same filesystem: an atomic rename)."""
-    if os.path.isdir(final_dir):
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
-
-
-def save_dataset_atomic(ds: datasets.Dataset, out_dir: str, extra_files: dict | None = None) -> None:
+def save_dataset_atomic(
+    ds: datasets.Dataset,
+    out_dir: str,
+    extra_files: dict | None = None,
+    *,
+    kind: OutputDir,
+    overwrite: bool = False,
+) -> None:
     """``save_to_disk`` into a sibling temporary directory, add ``extra_files`` (name -> JSON
-    object), then rename: a crashed run never leaves something that looks finished."""
+    object), then rename: a crashed run never leaves something that looks finished. An existing
+    ``out_dir`` is replaced only under :mod:`fusekern.pipeline.paths`' rules (``kind``)."""
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -215,7 +233,7 @@ def save_dataset_atomic(ds: datasets.Dataset, out_dir: str, extra_files: dict | 
         ds.save_to_disk(tmp)
         for name, obj in (extra_files or {}).items():
             write_json_atomic(os.path.join(tmp, name), obj)
-        replace_dir(tmp, out_dir)
+        replace_output_dir(tmp, out_dir, kind, overwrite=overwrite)
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

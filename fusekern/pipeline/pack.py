@@ -32,10 +32,12 @@ import pyarrow as pa
 
 from fusekern.pipeline.align import FORMAT as ALIGNED_FORMAT
 from fusekern.pipeline.align import META_FILE as ALIGN_META
-from fusekern.pipeline.io import read_json, save_dataset_atomic
+from fusekern.pipeline.io import check_unique_names, read_json, save_dataset_atomic, vocab_fingerprint
+from fusekern.pipeline.paths import OutputDir, prepare_output_dir
 
 FORMAT = "fusekern-packed/1"
 META_FILE = "fusion_meta.json"
+OUTPUT = OutputDir("pack", META_FILE, (FORMAT,))
 
 
 def packed_features(num_sources: int, top_k: int, with_position_ids: bool) -> datasets.Features:
@@ -55,6 +57,35 @@ def packed_features(num_sources: int, top_k: int, with_position_ids: bool) -> da
         }
     )
     return datasets.Features(cols)
+
+
+def _max_id(column: pa.ChunkedArray) -> int:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    while pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type):
+        arr = arr.flatten()
+    value = pa.compute.max(arr).as_py()
+    return -1 if value is None else int(value)
+
+
+def check_target_vocab(meta: dict, tokenizer, vocab_size: int | None, what: str = "data_path") -> None:
+    """Refuse to train on packed data made for another target: the target vocabulary's
+    fingerprint recorded by pack must match ``tokenizer`` (when both are known), and every token
+    id in the data must be below the model's ``vocab_size`` (embedding rows)."""
+    recorded = meta.get("target_vocab_sha256")
+    if recorded and tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+        if vocab_fingerprint(tokenizer) != recorded:
+            raise ValueError(
+                f"{what} was packed for another target tokenizer ({meta.get('target')!r}, "
+                f"{meta.get('target_vocab_size')} ids): the model's tokenizer "
+                f"({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r}) has a different "
+                "vocabulary; align and pack the data for this target"
+            )
+    max_id = meta.get("max_token_id")
+    if vocab_size is not None and max_id is not None and int(max_id) >= int(vocab_size):
+        raise ValueError(
+            f"{what} holds token id {max_id} but the model has only {vocab_size} embedding rows: the data "
+            f"was made for another target ({meta.get('target')!r})"
+        )
 
 
 def _flat(arr: pa.Array, width: int, dtype) -> np.ndarray:
@@ -143,15 +174,18 @@ def run_pack(
     pack_documents: bool = False,
     num_proc: int | None = None,
     batch_size: int = 512,
+    overwrite: bool = False,
 ) -> str:
     """Pack the output of :func:`run_align` into blocks of at most ``block_size`` tokens and
     ``save_to_disk`` them to ``out_dir`` with ``fusion_meta.json``. Returns ``out_dir``.
 
     One document per block by default; ``pack_documents=True`` concatenates documents and adds
-    ``position_ids`` (see the module docstring for the attention caveat)."""
+    ``position_ids`` (see the module docstring for the attention caveat). An existing
+    ``out_dir`` is replaced only if it is an earlier pack output and ``overwrite`` is set."""
     t0 = time.time()
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
+    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=[("aligned", aligned_dir)], overwrite=overwrite)
     meta_path = os.path.join(aligned_dir, ALIGN_META)
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(
@@ -160,6 +194,7 @@ def run_pack(
     ameta = read_json(meta_path)
     if ameta.get("format") != ALIGNED_FORMAT:
         raise ValueError(f"{aligned_dir!r}: unknown aligned format {ameta.get('format')!r}")
+    check_unique_names(list(ameta["sources"]), f"aligned dataset {aligned_dir!r}")
     aligned = datasets.load_from_disk(aligned_dir)
     num_s, top_k = len(ameta["sources"]), int(ameta["top_k"])
     lengths = np.asarray(
@@ -192,6 +227,11 @@ def run_pack(
             "format": FORMAT,
             "sources": ameta["sources"],
             "target": ameta["target"],
+            "target_vocab_sha256": ameta.get("target_vocab_sha256"),
+            "target_vocab_size": ameta.get("target_vocab_size"),
+            "max_token_id": max(
+                _max_id(packed.data.column("input_ids")), _max_id(packed.data.column("teacher_ids"))
+            ),
             "top_k": top_k,
             "block_size": block_size,
             "mode": ameta["mode"],
@@ -205,7 +245,7 @@ def run_pack(
             "teacher_convention": "position t holds the distribution for the token at t+1; ids -1 = padding",
             "seconds": round(time.time() - t0, 3),
         }
-        save_dataset_atomic(packed, out_dir, {META_FILE: meta})
+        save_dataset_atomic(packed, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     finally:
         import shutil
 

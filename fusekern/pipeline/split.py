@@ -30,6 +30,12 @@ from fusekern.pipeline.io import (
     name_of,
     save_dataset_atomic,
 )
+from fusekern.pipeline.paths import OutputDir, prepare_output_dir
+
+FORMAT = "fusekern-split/1"
+META_FILE = "split_meta.json"
+# Older split outputs carry only {"stage": "split"}.
+OUTPUT = OutputDir("split", META_FILE, (FORMAT, "split"))
 
 _MIN_BLOCK = 8
 
@@ -105,12 +111,24 @@ def _check_block(block_size: Any) -> None:
         raise ValueError(f"block_size must be an int >= {_MIN_BLOCK}, got {block_size!r}")
 
 
-def _as_tokenizers(tokenizers: Any) -> list:
+def _as_list(tokenizers: Any) -> list:
     if isinstance(tokenizers, (str, os.PathLike)) or not isinstance(tokenizers, Sequence):
         tokenizers = [tokenizers]
     if len(tokenizers) == 0:
         raise ValueError("tokenizers is empty: pass the target's and every source's tokenizer")
-    return [load_tokenizer(t) for t in tokenizers]
+    return list(tokenizers)
+
+
+def _as_tokenizers(tokenizers: Any, append_eos: bool) -> list:
+    toks = [load_tokenizer(t, name="tokenizers") for t in _as_list(tokenizers)]
+    if append_eos:  # every later stage appends EOS: a tokenizer without one cannot take part
+        for given, tok in zip(_as_list(tokenizers), toks):
+            if tok.eos_token_id is None:
+                raise ValueError(
+                    f"tokenizer {name_of(given)!r} has no eos_token; the pipeline appends EOS to every "
+                    "document (a BERT-like tokenizer cannot be a fusion target or source)"
+                )
+    return toks
 
 
 def _split_many(texts: Sequence[Any], toks: Sequence[Any], limit: int) -> list:
@@ -161,7 +179,7 @@ def split_texts(
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
-    toks = _as_tokenizers(tokenizers)
+    toks = _as_tokenizers(tokenizers, append_eos)
     per_doc = _split_many(texts, toks, block_size - (1 if append_eos else 0))
     out = [p for pieces in per_doc for p in pieces]
     if stats is not None:
@@ -191,14 +209,18 @@ def run_split(
     append_eos: bool = True,
     num_proc: int | None = None,
     split: str | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Split ``data`` (see :func:`fusekern.pipeline.io.load_texts`) and ``save_to_disk`` the
     pieces to ``out_dir``: columns ``text`` (str) and ``doc_index`` (the input row a piece came
-    from), plus ``split_meta.json``. Returns ``out_dir``."""
+    from), plus ``split_meta.json``. Returns ``out_dir``. An existing ``out_dir`` is replaced only
+    if it is an earlier split output and ``overwrite`` is set (:mod:`fusekern.pipeline.paths`)."""
     t0 = time.time()
-    ds = load_texts(data, text_column=text_column, split=split)
     _check_block(block_size)
-    toks = _as_tokenizers(tokenizers)
+    inputs = [("data", data)] + [("tokenizers", t) for t in _as_list(tokenizers)]
+    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
+    ds = load_texts(data, text_column=text_column, split=split)
+    toks = _as_tokenizers(tokenizers, append_eos)
     out = ds.map(
         _split_batch,
         batched=True,
@@ -214,6 +236,7 @@ def run_split(
     n_in = len(ds)
     used = len(set(out["doc_index"])) if len(out) else 0
     meta = {
+        "format": FORMAT,
         "stage": "split",
         "block_size": block_size,
         "append_eos": append_eos,
@@ -223,7 +246,7 @@ def run_split(
         "pieces": len(out),
         "seconds": round(time.time() - t0, 3),
     }
-    save_dataset_atomic(out, out_dir, {"split_meta.json": meta})
+    save_dataset_atomic(out, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     print(
         f"split: {n_in} documents -> {len(out)} pieces "
         f"({meta['docs_dropped_empty']} empty dropped) in {meta['seconds']:.1f}s -> {out_dir}"

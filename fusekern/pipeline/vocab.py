@@ -3,54 +3,129 @@
 The mapping (exact surface match, else minimum edit distance, specials by content/role, then
 same token string first and canonical duplicates) is :func:`fusekern.align.map_vocab`; this
 module is the stage around it, so ``fusekern vocab-map`` and :func:`run_vocab_map` write the
-same map.
+same map. The file records the two tokenizers' vocabulary fingerprints
+(:func:`fusekern.pipeline.io.vocab_fingerprint`); align refuses a map made for other tokenizers.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+import zipfile
+from typing import Any, Callable
 
 import numpy as np
 
+from fusekern.pipeline.io import load_tokenizer, name_of, vocab_fingerprint
+from fusekern.pipeline.paths import prepare_output_file
 
-def build_vocab_map(source_tokenizer: Any, target_tokenizer: Any, *, threads: int | None = None):
+SUFFIXES = (".npz", ".json")
+
+
+def build_vocab_map(
+    source_tokenizer: Any,
+    target_tokenizer: Any,
+    *,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    arg_names: tuple = ("source_tokenizer", "target_tokenizer"),
+):
     """The ``fusekern.align.VocabMap`` (source id -> target id, -1 = none) of two tokenizers
-    (objects, paths or Hub names)."""
-    from fusekern.align.vocab import load_tokenizer, map_vocab
+    (objects, paths, ``tokenizer.json`` files or Hub names), with their fingerprints.
+    ``arg_names``: how errors name the two arguments."""
+    from fusekern.align.vocab import map_vocab
 
-    src = load_tokenizer(source_tokenizer, "source_tokenizer")
-    tgt = load_tokenizer(target_tokenizer, "target_tokenizer")
-    return map_vocab(src, tgt, threads=threads)
+    src = load_tokenizer(source_tokenizer, name=arg_names[0])
+    tgt = load_tokenizer(target_tokenizer, name=arg_names[1])
+    vmap = map_vocab(src, tgt, threads=threads, progress=progress)
+    vmap.tokenizers = {
+        "source": name_of(source_tokenizer),
+        "target": name_of(target_tokenizer),
+        "source_vocab_sha256": vocab_fingerprint(src),
+        "target_vocab_sha256": vocab_fingerprint(tgt),
+    }
+    return vmap
+
+
+def _is_vocab_map(path: str) -> bool:
+    from fusekern.align.vocab import VocabMap
+
+    try:
+        VocabMap.load(path)
+    except Exception:  # any unreadable or foreign file
+        return False
+    return True
 
 
 def run_vocab_map(
-    source_tokenizer: Any, target_tokenizer: Any, out_file: str, *, threads: int | None = None
+    source_tokenizer: Any,
+    target_tokenizer: Any,
+    out_file: str,
+    *,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    arg_names: tuple = ("source_tokenizer", "target_tokenizer"),
 ) -> str:
     """Write the map of ``source_tokenizer`` onto ``target_tokenizer`` (objects, paths or Hub
-    names) to ``out_file`` (``.npz``, or ``.json`` by name; readable with
-    ``fusekern.align.VocabMap.load``). Returns the path written."""
-    vmap = build_vocab_map(source_tokenizer, target_tokenizer, threads=threads)
-    parent = os.path.dirname(os.path.abspath(out_file))
-    os.makedirs(parent, exist_ok=True)
-    path = vmap.save(out_file)
-    c = vmap.counts()
-    print(
-        f"vocab-map: {c['source_size']} source ids -> {c['target_size']} target ids: exact {c['exact']}, "
-        f"MinED {c['mined']}, special {c['special']}, unmapped {c['unmapped']} -> {path}"
+    names) to ``out_file`` (``.npz``, or ``.json`` for readable lists; readable with
+    ``fusekern.align.VocabMap.load``). An existing file is replaced only if it is a vocab map and
+    ``overwrite`` is set. Returns the path written."""
+    out_file = prepare_output_file(
+        out_file,
+        suffixes=SUFFIXES,
+        is_own=_is_vocab_map,
+        stage="vocab-map",
+        inputs=list(zip(arg_names, (source_tokenizer, target_tokenizer))),
+        overwrite=overwrite,
     )
-    return path
+    t0 = time.perf_counter()
+    vmap = build_vocab_map(
+        source_tokenizer, target_tokenizer, threads=threads, progress=progress, arg_names=arg_names
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+    tmp = f"{out_file}.tmp-{os.getpid()}{os.path.splitext(out_file)[1]}"
+    try:
+        path = vmap.save(tmp)
+        os.replace(path, out_file)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    c = vmap.counts()
+    n = max(1, c["source_size"])
+    mined = (vmap.distance > 0) & ~vmap.special
+    mean_d = float(vmap.distance[mined].mean()) if mined.any() else 0.0
+    print(
+        f"vocab-map: {c['source_size']} source -> {c['target_size']} target ids in "
+        f"{time.perf_counter() - t0:.2f}s: exact {c['exact']} ({100 * c['exact'] / n:.1f}%), "
+        f"MinED {c['mined']} (mean distance {mean_d:.2f}), special {c['special']}, "
+        f"unmapped {c['unmapped']} -> {out_file}"
+    )
+    return out_file
 
 
 def load_vocab_map(path: str, source_tokenizer: Any, target_tokenizer: Any):
     """A saved map (from :func:`run_vocab_map` or ``fusekern vocab-map``), checked against the
-    two tokenizers' sizes (``ValueError`` on a mismatch). The refinement is re-applied: it is
-    idempotent, and brings a map written without it (older fusekern) up to date."""
+    two tokenizers (``ValueError`` on a mismatch): their fingerprints where the file records them,
+    and always the sizes and exact entries. The refinement is re-applied: it is idempotent, and
+    brings a map written without it (older fusekern) up to date."""
     from fusekern.align.vocab import VocabMap, refine_vocab_map, token_tables
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocab map {path!r} does not exist")
-    vmap = refine_vocab_map(VocabMap.load(path), source_tokenizer, target_tokenizer)
+    try:
+        loaded = VocabMap.load(path)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"vocab map {path!r} cannot be read ({exc}): damaged or not a vocab map") from None
+    recorded = loaded.tokenizers or {}
+    for side, tok in (("source", source_tokenizer), ("target", target_tokenizer)):
+        want = recorded.get(f"{side}_vocab_sha256")
+        if want and want != vocab_fingerprint(tok):
+            raise ValueError(
+                f"vocab map {path!r} was made for another {side} tokenizer ({recorded.get(side)!r}, a "
+                "different vocabulary); is it another source's map (check the order of the vocab maps)?"
+            )
+    vmap = refine_vocab_map(loaded, source_tokenizer, target_tokenizer)
     # Sizes alone do not tell tokenizers apart (a map of another source of the same size, e.g.
     # --vocab-maps given in another order than --sources): an exact entry must join equal surfaces.
     src_surface = token_tables(source_tokenizer)[1]
