@@ -17,10 +17,24 @@ _COMMAND_MODULES = [
 ]
 
 
+def _accept_underscores(parser: argparse.ArgumentParser) -> None:
+    """Let every ``--flag-name`` also be spelled ``--flag_name`` (as ``fusekern train``'s
+    HfArgumentParser allows), in this parser and its subparsers; help lists the dashed form."""
+    for action in list(parser._actions):
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _accept_underscores(sub)
+        for opt in action.option_strings:
+            alias = "--" + opt[2:].replace("-", "_")
+            if opt.startswith("--") and alias != opt and alias not in parser._option_string_actions:
+                parser._option_string_actions[alias] = action
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusekern",
-        description="Knowledge fusion of LLMs: extract, align and fuse source models into a target.",
+        description="Knowledge fusion of LLMs: extract, align and fuse source models into a target. "
+        "Every --flag-name may also be written --flag_name.",
     )
     from fusekern import __version__
 
@@ -29,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for mod in _COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    _accept_underscores(parser)
     return parser
 
 
@@ -37,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: missing/unreadable/unwritable paths
         print(f"fusekern {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(rc or 0)

@@ -14,12 +14,25 @@ from __future__ import annotations
 
 import argparse
 
+from fusekern.pipeline.paths import check_name_or_path
+
 __all__ = ["register"]
+
+
+def _check_inputs(args: argparse.Namespace, flags: dict) -> None:
+    """Every name-or-path option (``flag -> local_only``): a missing local path is a one-line
+    error naming the flag, not a Hub lookup."""
+    for flag, local_only in flags.items():
+        values = getattr(args, flag[2:].replace("-", "_"))
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                check_name_or_path(value, flag, local_only=local_only)
 
 
 def _split(args: argparse.Namespace) -> int:
     from fusekern.pipeline import run_split
 
+    _check_inputs(args, {"--data": False, "--tokenizers": False})
     run_split(
         args.data,
         args.out,
@@ -28,6 +41,7 @@ def _split(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         num_proc=args.num_proc,
         split=args.split,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -35,6 +49,7 @@ def _split(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from fusekern.pipeline import run_extract
 
+    _check_inputs(args, {"--model": False, "--tokenizer": False, "--data": False})
     run_extract(
         args.model,
         args.data,
@@ -58,6 +73,9 @@ def _extract(args: argparse.Namespace) -> int:
 def _align(args: argparse.Namespace) -> int:
     from fusekern.pipeline import run_align
 
+    _check_inputs(
+        args, {"--target-tokenizer": False, "--data": False, "--sources": True, "--vocab-maps": True}
+    )
     run_align(
         args.target_tokenizer,
         args.data,
@@ -71,6 +89,7 @@ def _align(args: argparse.Namespace) -> int:
         split=args.split,
         batch_size=args.batch_size,
         threads=args.threads,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -78,12 +97,14 @@ def _align(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from fusekern.pipeline import run_pack
 
+    _check_inputs(args, {"--aligned": True})
     run_pack(
         args.aligned,
         args.out,
         block_size=args.block_size,
         pack_documents=args.pack_documents,
         num_proc=args.num_proc,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -96,6 +117,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--split", default=None, help="dataset split to read (default: train, or the only one)")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an earlier `fusekern {stage}` output at --out (nothing else is ever replaced)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--block-size", type=int, required=True, help="training block size in tokens")
     p.add_argument("--out", required=True, help="output directory (datasets save_to_disk)")
+    _overwrite_arg(p, "split")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: 1)")
     p.set_defaults(func=_split)
 
@@ -129,7 +159,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="causal LM: local directory or Hub name")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
     _data_args(p)
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (new, empty, or this extract's: resumed)")
     p.add_argument("--top-k", type=int, default=10, help="logits kept per position (default: 10)")
     p.add_argument("--batch-size", type=int, default=8, help="documents per forward pass (default: 8)")
     p.add_argument(
@@ -177,6 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--mode", choices=("bytes", "fusellm"), default="bytes", help="alignment rule (default: bytes)"
     )
     p.add_argument("--out", required=True, help="output directory")
+    _overwrite_arg(p, "align")
     p.add_argument("--num-proc", type=int, default=1, help="datasets.map worker processes (default: 1)")
     p.add_argument("--threads", type=int, default=None, help="native threads per worker")
     p.add_argument("--batch-size", type=int, default=256, help="documents per map batch (default: 256)")
@@ -192,6 +223,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--aligned", required=True, help="output directory of `fusekern align`")
     p.add_argument("--out", required=True, help="output directory")
+    _overwrite_arg(p, "pack")
     p.add_argument("--block-size", type=int, required=True, help="block size in tokens")
     p.add_argument(
         "--pack-documents",

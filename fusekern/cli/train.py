@@ -91,10 +91,20 @@ def run_train(model_args: TrainModelArguments, fusion_args: Any, training_args: 
     import torch
 
     from fusekern.pipeline.io import load_causal_lm, load_tokenizer
+    from fusekern.pipeline.pack import check_target_vocab
+    from fusekern.pipeline.paths import check_name_or_path
     from fusekern.trainer import FusionTrainer, load_fusion_meta
 
     if model_args.model_dtype not in _DTYPES:
         raise ValueError(f"model_dtype must be one of {_DTYPES}, got {model_args.model_dtype!r}")
+    for flag, value, local_only in (
+        ("--model_name_or_path", model_args.model_name_or_path, False),
+        ("--tokenizer_name_or_path", model_args.tokenizer_name_or_path, False),
+        ("--data_path", model_args.data_path, True),
+        ("--eval_data_path", model_args.eval_data_path, True),
+    ):
+        if value is not None:  # a mistyped local path: one line naming the flag, no Hub lookup
+            check_name_or_path(value, flag, local_only=local_only)
     meta = load_fusion_meta(model_args.data_path)
     train_ds = load_blocks(model_args.data_path, what="data_path")
     if model_args.max_train_samples is not None:
@@ -106,6 +116,7 @@ def run_train(model_args: TrainModelArguments, fusion_args: Any, training_args: 
     tok_name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     # fusekern's loaders: a wrong path is a clear FileNotFoundError, not a Hub-lookup traceback
     tokenizer = load_tokenizer(tok_name, trust_remote_code=model_args.trust_remote_code)
+    check_target_vocab(meta, tokenizer, None, what="--data_path")  # before loading a large model
     dtype = (
         model_args.model_dtype if model_args.model_dtype == "auto" else getattr(torch, model_args.model_dtype)
     )

@@ -52,21 +52,25 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from fusekern.pipeline.extract import load_extract
+from fusekern.pipeline.extract import check_token_ids, load_extract
 from fusekern.pipeline.io import (
     DataLike,
+    check_unique_names,
     encode,
     load_texts,
     load_tokenizer,
     name_of,
     save_dataset_atomic,
     text_hashes,
+    vocab_fingerprint,
 )
+from fusekern.pipeline.paths import OutputDir, prepare_output_dir
 from fusekern.pipeline.vocab import build_vocab_map, load_vocab_map
 
 MODES = ("bytes", "fusellm")
 META_FILE = "align_meta.json"
 FORMAT = "fusekern-aligned/1"
+OUTPUT = OutputDir("align", META_FILE, (FORMAT,))
 
 
 def aligned_features(num_sources: int, top_k: int) -> datasets.Features:
@@ -220,12 +224,12 @@ def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat,
     _, top_ids_pa = _csr(tab.column("topk_ids"))
     _, top_log_pa = _csr(tab.column("topk_logits"))
     top_ids = _fixed(top_ids_pa, ks, np.int64)
+    check_token_ids(top_ids, src.lut.size, f"source {src.name!r} top-k ids, documents from {lo}")
     top_log = _fixed(top_log_pa, ks, np.float16)
     _, ce_pa = _csr(tab.column("ce"))
     ce = np.asarray(ce_pa.to_numpy(zero_copy_only=False), dtype=np.float64)
     doc_ce = tab.column("doc_ce").to_numpy().astype(np.float32)
-    if src_flat.size and src_flat.max() >= src.lut.size:
-        raise ValueError(f"source {src.name!r}: token id {int(src_flat.max())} beyond its vocabulary")
+    check_token_ids(src_flat, src.lut.size, f"source {src.name!r} input ids, documents from {lo}")
 
     tgt_lens = np.diff(tgt_off)
     groups: list = [None] * n
@@ -429,6 +433,7 @@ def run_align(
     split: str | None = None,
     batch_size: int = 256,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> str:
     """Align the extracts in ``source_extract_dirs`` (made by :func:`run_extract` on the same
     ``data``) to ``target_tokenizer``'s tokens; write one row per document to ``out_dir``
@@ -437,7 +442,8 @@ def run_align(
     ``vocab_maps``: one path (or None = compute now) per source, from :func:`run_vocab_map`
     or ``fusekern vocab-map``. ``mode``: ``"bytes"`` (default) or ``"fusellm"`` (module doc).
     ``num_proc``: ``datasets.map`` worker processes; ``threads``: native threads per worker
-    (default: all cores when ``num_proc == 1``, else 1).
+    (default: all cores when ``num_proc == 1``, else 1). An existing ``out_dir`` is replaced
+    only if it is an earlier align output and ``overwrite`` is set.
     """
     t0 = time.time()
     if mode not in MODES:
@@ -451,6 +457,7 @@ def run_align(
         source_names = [os.path.basename(os.path.normpath(os.fspath(p))) for p in source_extract_dirs]
     if len(source_names) != num_s:
         raise ValueError(f"source_names has {len(source_names)} entries for {num_s} sources")
+    check_unique_names(list(source_names), "source_names")
     if vocab_maps is None:
         vocab_maps = [None] * num_s
     if len(vocab_maps) != num_s:
@@ -459,6 +466,9 @@ def run_align(
         raise ValueError(f"num_proc must be a positive int, got {num_proc!r}")
     if threads is None:
         threads = None if num_proc == 1 else 1
+    inputs = [("data", data), ("target_tokenizer", target_tokenizer)]
+    inputs += [("source extract", p) for p in source_extract_dirs] + [("vocab map", v) for v in vocab_maps]
+    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
 
     tgt_tok = load_tokenizer(target_tokenizer)
     if tgt_tok.eos_token_id is None:
@@ -523,6 +533,8 @@ def run_align(
             "sources": list(source_names),
             "source_dirs": [os.path.abspath(os.fspath(p)) for p in source_extract_dirs],
             "target": name_of(target_tokenizer),
+            "target_vocab_sha256": vocab_fingerprint(tgt_tok),
+            "target_vocab_size": len(tgt_tok),
             "top_k": top_k,
             "mode": mode,
             "num_docs": len(aligned),
@@ -533,7 +545,7 @@ def run_align(
             "dtw_docs": {name: int(c) for name, c in zip(source_names, n_dtw)},
             "seconds": round(time.time() - t0, 3),
         }
-        save_dataset_atomic(aligned, out_dir, {META_FILE: meta})
+        save_dataset_atomic(aligned, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print(

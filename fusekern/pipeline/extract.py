@@ -50,7 +50,6 @@ from fusekern.pipeline.io import (
     load_tokenizer,
     name_of,
     read_json,
-    replace_dir,
     text_hashes,
     write_json_atomic,
 )
@@ -525,7 +524,9 @@ def run_extract(
                         "seconds": round(seconds, 3),
                     },
                 )
-                replace_dir(tmp, final)  # a rename; clears a damaged leftover (no shard.json) first
+                if os.path.isdir(final):  # a damaged leftover of this shard (no shard.json); we hold its lock
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
                 _log(out_dir, f"computed {name} docs [{lo}, {hi}) tokens={n_tokens} seconds={seconds:.2f}")
     bar.close()
     missing = missing_shards(out_dir)

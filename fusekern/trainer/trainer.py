@@ -82,6 +82,10 @@ class FusionTrainer(Trainer):
                 collator = FusionDataCollator(pad_id, ce_level=fusion_args.ce_level)
             kwargs["data_collator"] = collator
         super().__init__(*args, **kwargs)
+        if fusion_meta is not None:  # data packed for another target: an error, not wrong training
+            from fusekern.trainer.checks import check_data_fits_model
+
+            check_data_fits_model(fusion_meta, self.processing_class, self.model)
         # Older transformers decide loss scaling (and pass num_items_in_batch to the model) from this
         # flag; our loss never goes through the model, so it is False there as well.
         self.model_accepts_loss_kwargs = False
