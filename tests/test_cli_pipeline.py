@@ -73,7 +73,7 @@ def test_cli_stages_end_to_end(tiny_lms, tmp_path, capsys):
             d["aligned"],
         ]
     )
-    assert rc == 2 and "vocab map 'none' does not exist" in capsys.readouterr().err
+    assert rc == 2 and "--vocab-maps: no such file or directory: 'none'" in capsys.readouterr().err
     rc = main(
         [
             "align",

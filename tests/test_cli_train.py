@@ -147,6 +147,10 @@ def test_bad_input(tmp_path, target_dir, capsys):
     rc = main(
         ["train", "--model_name_or_path", target_dir, "--data_path", missing, "--output_dir", str(tmp_path)]
     )
+    assert rc == 2 and f"--data_path: no such file or directory: {missing!r}" in capsys.readouterr().err
+    rc = main(
+        ["train", "--model_name_or_path", target_dir, "--data_path", target_dir, "--output_dir", str(tmp_path)]
+    )
     assert rc == 2 and "fusion_meta.json" in capsys.readouterr().err
     data = save_packed(str(tmp_path / "packed"), 2, vocab=VOCAB, seed=4)
     rc = main(
@@ -187,7 +191,8 @@ def test_missing_model_is_a_clear_error(tmp_path, target_dir, capsys):
     common = ["--data_path", data, "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none"]
     rc = main(["train", "--model_name_or_path", missing, "--tokenizer_name_or_path", target_dir, *common])
     err = capsys.readouterr().err
-    assert rc == 2 and f"model: no model directory at {missing!r}" in err and "Traceback" not in err
-    rc = main(["train", "--model_name_or_path", missing, *common])
+    flag_msg = f"--model_name_or_path: no such file or directory: {missing!r}"
+    assert rc == 2 and flag_msg in err and "Traceback" not in err
+    rc = main(["train", "--model_name_or_path", missing, *common])  # not blamed on the tokenizer
     err = capsys.readouterr().err
-    assert rc == 2 and f"no tokenizer directory at {missing!r}" in err
+    assert rc == 2 and flag_msg in err

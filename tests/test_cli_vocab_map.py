@@ -148,7 +148,7 @@ def test_cli_and_pipeline_write_identical_maps(tok_dirs, tmp_path, capsys):
 
     for src, tgt in (("byte_bpe", "sp_bpe"), ("sp_bpe", "unigram")):
         for ext in ("json", "npz"):
-            cli_out, pipe_out = str(tmp_path / f"cli.{ext}"), str(tmp_path / f"pipe.{ext}")
+            cli_out, pipe_out = str(tmp_path / f"cli-{src}.{ext}"), str(tmp_path / f"pipe-{src}.{ext}")
             argv = ["vocab-map", "--source", tok_dirs[src], "--target", tok_dirs[tgt], "--out", cli_out]
             assert main(argv) == 0
             assert run_vocab_map(tok_dirs[src], tok_dirs[tgt], pipe_out) == pipe_out
@@ -212,7 +212,7 @@ def test_cli_errors(tok_dirs, tmp_path, capsys):
     rc = main(
         ["vocab-map", "--source", str(tmp_path / "nope"), "--target", tok_dirs["sp_bpe"], "--out", "x.npz"]
     )
-    assert rc == 2 and "--source: no tokenizer directory" in capsys.readouterr().err
+    assert rc == 2 and "--source: no such file or directory" in capsys.readouterr().err
     rc = main(
         [
             "vocab-map",

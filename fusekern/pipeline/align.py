@@ -466,9 +466,6 @@ def run_align(
         raise ValueError(f"num_proc must be a positive int, got {num_proc!r}")
     if threads is None:
         threads = None if num_proc == 1 else 1
-    inputs = [("data", data), ("target_tokenizer", target_tokenizer)]
-    inputs += [("source extract", p) for p in source_extract_dirs] + [("vocab map", v) for v in vocab_maps]
-    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
 
     tgt_tok = load_tokenizer(target_tokenizer)
     if tgt_tok.eos_token_id is None:
@@ -498,6 +495,9 @@ def run_align(
         lut, exact = _source_lut(vmap, int(meta["vocab_size"]), target.size)
         sources.append(_Source(name, path, ext_ds, meta, _Side(src_tok), lut, exact))
     top_k = max(s.top_k for s in sources)
+    inputs = [("data", data), ("target_tokenizer", target_tokenizer)]
+    inputs += [("source extract", p) for p in source_extract_dirs] + [("vocab map", v) for v in vocab_maps]
+    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
     ctx = _Context(tgt_tok, target, canon, sources, mode, top_k, threads, text_column)
 
     parent = os.path.dirname(os.path.abspath(out_dir))

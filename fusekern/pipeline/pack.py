@@ -185,7 +185,6 @@ def run_pack(
     t0 = time.time()
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
-    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=[("aligned", aligned_dir)], overwrite=overwrite)
     meta_path = os.path.join(aligned_dir, ALIGN_META)
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(
@@ -195,6 +194,7 @@ def run_pack(
     if ameta.get("format") != ALIGNED_FORMAT:
         raise ValueError(f"{aligned_dir!r}: unknown aligned format {ameta.get('format')!r}")
     check_unique_names(list(ameta["sources"]), f"aligned dataset {aligned_dir!r}")
+    out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=[("aligned", aligned_dir)], overwrite=overwrite)
     aligned = datasets.load_from_disk(aligned_dir)
     num_s, top_k = len(ameta["sources"]), int(ameta["top_k"])
     lengths = np.asarray(
