@@ -149,7 +149,15 @@ def test_bad_input(tmp_path, target_dir, capsys):
     )
     assert rc == 2 and f"--data_path: no such file or directory: {missing!r}" in capsys.readouterr().err
     rc = main(
-        ["train", "--model_name_or_path", target_dir, "--data_path", target_dir, "--output_dir", str(tmp_path)]
+        [
+            "train",
+            "--model_name_or_path",
+            target_dir,
+            "--data_path",
+            target_dir,
+            "--output_dir",
+            str(tmp_path),
+        ]
     )
     assert rc == 2 and "fusion_meta.json" in capsys.readouterr().err
     data = save_packed(str(tmp_path / "packed"), 2, vocab=VOCAB, seed=4)
