@@ -195,7 +195,9 @@ def _check_out_dir(out_dir: str, inputs: list) -> None:
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise ValueError(f"out_dir {out_dir!r} exists and is not a directory")
-        if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, META_FILE)):
+        # Only lock files and temporaries: a run that stopped before writing its meta.
+        own = [n for n in os.listdir(out_dir) if not n.startswith((DIR_LOCK, ".tmp-"))]
+        if own and not os.path.isfile(os.path.join(out_dir, META_FILE)):
             raise ValueError(
                 f"out_dir {out_dir!r} is not empty and holds no extract ({META_FILE}); refusing to write "
                 "into it: choose a new or empty directory"

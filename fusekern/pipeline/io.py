@@ -91,7 +91,7 @@ def _load_path(path: str, split: str | None, what: str) -> datasets.Dataset:
             raise ValueError(f"{what}: unsupported file type {ext!r}; use one of {sorted(_FILE_BUILDERS)}")
         loaded = datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split=split or "train")
         return _as_dataset(loaded, split, what)
-    check_name_or_path(path, what)  # a mistyped local path is an error, never a Hub lookup
+    check_name_or_path(path, "data")  # a mistyped local path is an error, never a Hub lookup
     return _as_dataset(datasets.load_dataset(path, split=split), split, what)  # a Hub name
 
 
