@@ -101,7 +101,8 @@ def test_missing_model_or_tokenizer_files_are_clear_errors(tiny_lms, docs, tmp_p
     for name in os.listdir(lm.path):
         if name == "config.json" or name.endswith(".safetensors"):
             shutil.copy(os.path.join(lm.path, name), bare / name)
-    with pytest.raises(FileNotFoundError, match="holds no tokenizer vocabulary"):
+    # (older transformers fail earlier, looking for a slow tokenizer's files: also a clear error)
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer vocabulary|cannot load a tokenizer from"):
         run_extract(str(bare), docs[:2], str(tmp_path / "c"), progress=False)
     out = run_extract(str(bare), docs[:2], str(tmp_path / "d"), tokenizer=lm.path, progress=False)
     assert len(load_extract(out)[0]) == 2
