@@ -149,9 +149,10 @@ def test_bare_tokenizer_json_files_keep_their_special_tokens(tmp_path, capsys):
     assert src.convert_ids_to_tokens(0) == "<|endoftext|>" and src.eos_token_id == 0
     assert tgt.eos_token == "</s>" and tgt.bos_token == "<s>" and tgt.unk_token == "<unk>"
     assert vmap.special[0] and tgt.convert_ids_to_tokens(int(vmap.ids[0])) == "</s>"
-    # the same as the directories (which have a tokenizer_config.json)
-    ref = load_tokenizer(str(SHARED / "mpt"))
+    # in place, beside its tokenizer_config.json, the file takes the roles the config names
+    ref = load_tokenizer(str(SHARED / "mpt" / "tokenizer.json"))
     assert ref.eos_token_id == src.eos_token_id and vocab_fingerprint(ref) == vocab_fingerprint(src)
+    assert ref.bos_token == ref.unk_token == "<|endoftext|>"  # as MPT's config says
     capsys.readouterr()
     not_tok = tmp_path / "config.json"
     not_tok.write_text('{"hello": 1}')

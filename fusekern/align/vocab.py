@@ -355,16 +355,12 @@ _ROLE_SPELLINGS = {
 
 
 def _tokenizer_from_json(path: str, name: str, trust_remote_code: bool) -> Any:
-    """A ``tokenizer.json`` file: its directory when a ``tokenizer_config.json`` beside it names
-    the special tokens, else the file with special-token roles taken from its special added
-    tokens by their usual spellings (``_ROLE_SPELLINGS``)."""
+    """A ``tokenizer.json`` file with its special-token roles: from a ``tokenizer_config.json``
+    beside it when there is one (read directly: its ``tokenizer_class`` may need another
+    transformers release), else from the file's special added tokens by their usual spellings
+    (``_ROLE_SPELLINGS``)."""
     from transformers import PreTrainedTokenizerFast
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(path) == "tokenizer.json" and os.path.isfile(
-        os.path.join(folder, "tokenizer_config.json")
-    ):
-        return load_tokenizer(folder, name, trust_remote_code=trust_remote_code)
     try:
         tok = PreTrainedTokenizerFast(tokenizer_file=path)
         with open(path, encoding="utf-8") as f:
@@ -372,8 +368,19 @@ def _tokenizer_from_json(path: str, name: str, trust_remote_code: bool) -> Any:
     except Exception as exc:  # the Rust parser raises a bare Exception on a non-tokenizer file
         raise ValueError(f"{name}: {path!r} is not a tokenizers tokenizer.json file ({exc})") from None
     specials = {a.get("content") for a in added if isinstance(a, dict) and a.get("special")}
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer_config.json")
+    config: dict = {}
+    if os.path.basename(path) == "tokenizer.json" and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
     roles = {}
     for role, spellings in _ROLE_SPELLINGS.items():
+        value = config.get(role)
+        value = value.get("content") if isinstance(value, dict) else value
+        if config:  # the config names the roles; a role it leaves out has no token
+            if isinstance(value, str) and value in tok.get_vocab():
+                roles[role] = value
+            continue
         found = next((s for s in spellings if s in specials), None)
         if found is not None:
             roles[role] = found
