@@ -156,3 +156,16 @@ def test_bad_input():
     assert a_to_b[-1] == [39_999]
     # the largest accepted token still works
     assert dtw(["x" * MAX_TOKEN_CHARS], ["x"], return_cost=True)[2] == MAX_TOKEN_CHARS - 1
+
+
+def test_band_is_subject_to_the_memory_limit():
+    """A huge band used to bypass the full DTW's backtrace limit (and could overflow)."""
+    a, b = ["a"] * 40_000, ["b"] * 40_000
+    for band in (40_000, 10**9, 2**80):
+        with pytest.raises(ValueError, match=r"band=\d+ covers 1600000000 cells .* pass a smaller band"):
+            dtw(a, b, band=band)
+    with pytest.raises(ValueError, match=r"pair 1: dtw with band=\d+ covers"):
+        dtw_batch([["x"], a], [["y"], b], band=10**9, threads=1)
+    # a band wider than the sequences is the full DTW
+    x, y = ["ab", "c", "", "d"], ["a", "bc", "d"]
+    assert dtw(x, y, band=2**80, return_cost=True) == dtw(x, y, return_cost=True)
