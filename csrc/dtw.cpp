@@ -369,43 +369,71 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
   }
 
   constexpr V inf = std::numeric_limits<V>::max() / 2;
-  // Rows are stored from column -1: P[0] is the (infinite) column left of the grid, except
+  // Rows are stored from column -1: X[0] is the (infinite) column left of the grid, except
   // above row 0, where it is the virtual corner D[-1][-1] = 0.
-  std::vector<V> prev(static_cast<size_t>(m) + 1, inf), cur(static_cast<size_t>(m) + 1, inf);
+  std::vector<V> prev(static_cast<size_t>(m) + 1, inf), r1(static_cast<size_t>(m) + 1, inf),
+      r2(static_cast<size_t>(m) + 1, inf);
   prev[0] = 0;
   std::vector<uint8_t> dir(static_cast<size_t>(n * m));
-  std::vector<V> best_(static_cast<size_t>(m)), cost_(static_cast<size_t>(m));
-  std::vector<uint8_t> up_(static_cast<size_t>(m));
   const int32_t* cols = ub.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const T* trow = table.data();
+  const T* trow1 = table.data();
+  const T* trow2 = table.data();
+  std::vector<T> spare(whole ? 0 : static_cast<size_t>(nb));
+  // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin);
+  // returns the new cumulative cost.
+  auto cell = [](V diag, V up, V left, V c, uint8_t& d) {
+    const bool u = up < diag;
+    const V du = u ? up : diag;
+    const bool l = left < du;
+    d = l ? uint8_t{2} : static_cast<uint8_t>(u);
+    return (l ? left : du) + c;
+  };
+  auto row_costs = [&](int64_t i, const T*& trow, T* buf) {
     if (whole) {
-      trow += static_cast<int64_t>(ua[i]) * nb;
-    } else if (i == 0 || ua[i] != ua[i - 1]) {
-      rows.fill(ua[i], table.data());
+      trow = table.data() + static_cast<int64_t>(ua[i]) * nb;
+    } else {
+      rows.fill(ua[i], buf);
+      trow = buf;
     }
+  };
+  int64_t i = 0;
+  // Two rows per sweep, the second one column behind: two independent dependency chains
+  // (each cell waits for its left neighbour) keep the core busy.
+  for (; i + 1 < n; i += 2) {
+    row_costs(i, trow1, table.data());
+    row_costs(i + 1, trow2, whole ? nullptr : spare.data());
     const V* P = prev.data();
-    V* C = cur.data();
-    uint8_t* drow = dir.data() + i * m;
-    // Vector pass: the better of diagonal and up (ties -> diagonal) and the cell's cost.
-    for (int64_t j = 0; j < m; ++j) {
-      const V diag = P[j], up = P[j + 1];
-      const bool u = up < diag;
-      best_[j] = u ? up : diag;
-      up_[j] = static_cast<uint8_t>(u);
-      cost_[j] = static_cast<V>(trow[cols[j]]);
+    V* A = r1.data();
+    V* B = r2.data();
+    uint8_t* d1 = dir.data() + i * m;
+    uint8_t* d2 = d1 + m;
+    V left1 = inf, left2 = inf;
+    left1 = cell(P[0], P[1], left1, static_cast<V>(trow1[cols[0]]), d1[0]);
+    A[1] = left1;
+    for (int64_t j = 1; j < m; ++j) {
+      left1 = cell(P[j], P[j + 1], left1, static_cast<V>(trow1[cols[j]]), d1[j]);
+      A[j + 1] = left1;
+      left2 = cell(A[j - 1], A[j], left2, static_cast<V>(trow2[cols[j - 1]]), d2[j - 1]);
+      B[j] = left2;
     }
-    // Sequential pass: left wins only when strictly better (FuseLLM's first-minimum argmin).
-    V left = inf;
+    left2 = cell(A[m - 1], A[m], left2, static_cast<V>(trow2[cols[m - 1]]), d2[m - 1]);
+    B[m] = left2;
+    A[0] = inf;
+    B[0] = inf;
+    std::swap(prev, r2);
+  }
+  if (i < n) {  // an odd last row
+    row_costs(i, trow1, table.data());
+    const V* P = prev.data();
+    V* A = r1.data();
+    uint8_t* d1 = dir.data() + i * m;
+    V left1 = inf;
     for (int64_t j = 0; j < m; ++j) {
-      const V bj = best_[j];
-      const bool l = left < bj;
-      left = (l ? left : bj) + cost_[j];
-      C[j + 1] = left;
-      drow[j] = l ? uint8_t{2} : up_[j];
+      left1 = cell(P[j], P[j + 1], left1, static_cast<V>(trow1[cols[j]]), d1[j]);
+      A[j + 1] = left1;
     }
-    C[0] = inf;
-    std::swap(prev, cur);
+    A[0] = inf;
+    std::swap(prev, r1);
   }
   out.cost = static_cast<int64_t>(prev[m]);
   std::vector<int64_t> row_lo(n, 0), row_end(n, m - 1), row_off(n);
