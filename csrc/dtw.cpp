@@ -132,7 +132,7 @@ class RowCosts {
   FixedPattern fp_;
 };
 
-// Backtrace over stored directions (0 diagonal, 1 up = a-1, 2 left = b-1): FuseLLM's order of
+// Backtrace over stored directions (0 diagonal, 1 up = a-1, 2 or 3 left = b-1): FuseLLM's order of
 // preference is already encoded in them. row_lo/row_end/row_off locate row i's cells in dir.
 void backtrace(const std::vector<uint8_t>& dir, const std::vector<int64_t>& row_lo,
                const std::vector<int64_t>& row_end, const std::vector<int64_t>& row_off, int64_t n, int64_t m,
@@ -363,7 +363,7 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
   const int64_t na = static_cast<int64_t>(ra.size()), nb = static_cast<int64_t>(rb.size());
   DistinctRows rows(a, ra, b, rb);
   const bool whole = na <= kMaxTableEntries / nb;
-  std::vector<T> table(static_cast<size_t>(whole ? na * nb : nb));
+  std::vector<T> table(static_cast<size_t>(whole ? na * nb : 0));
   if (whole) {
     for (int64_t u = 0; u < na; ++u) rows.fill(u, table.data() + u * nb);
   }
@@ -375,66 +375,66 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
       r2(static_cast<size_t>(m) + 1, inf);
   prev[0] = 0;
   std::vector<uint8_t> dir(static_cast<size_t>(n * m));
-  const int32_t* cols = ub.data();
-  const T* trow1 = table.data();
-  const T* trow2 = table.data();
-  std::vector<T> spare(whole ? 0 : static_cast<size_t>(nb));
-  // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin);
-  // returns the new cumulative cost.
-  auto cell = [](V diag, V up, V left, V c, uint8_t& d) {
-    const bool u = up < diag;
-    const V du = u ? up : diag;
-    const bool l = left < du;
-    d = l ? uint8_t{2} : static_cast<uint8_t>(u);
-    return (l ? left : du) + c;
+  const int32_t* __restrict cols = ub.data();
+  std::vector<T> spare(whole ? 0 : static_cast<size_t>(nb) * 2);
+  // Row i's distances to the distinct b strings (computed here when there is no whole table).
+  auto costs_of = [&](int64_t i, int slot) -> const T* {
+    if (whole) return table.data() + static_cast<int64_t>(ua[i]) * nb;
+    T* buf = spare.data() + slot * nb;
+    rows.fill(ua[i], buf);
+    return buf;
   };
-  auto row_costs = [&](int64_t i, const T*& trow, T* buf) {
-    if (whole) {
-      trow = table.data() + static_cast<int64_t>(ua[i]) * nb;
-    } else {
-      rows.fill(ua[i], buf);
-      trow = buf;
-    }
-  };
+  // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin)
+  // plus the cell's cost; d gets the direction without a branch (2 or 3 = left).
+#define FK_DTW_CELL(diag, up, left, c, d)       \
+  {                                             \
+    const V dg = (diag), u_ = (up);             \
+    const bool u = u_ < dg;                     \
+    const V du = u ? u_ : dg;                   \
+    const bool l = (left) < du;                 \
+    (d) = static_cast<uint8_t>(u | (l << 1));   \
+    (left) = (l ? (left) : du) + (c);           \
+  }
   int64_t i = 0;
   // Two rows per sweep, the second one column behind: two independent dependency chains
   // (each cell waits for its left neighbour) keep the core busy.
   for (; i + 1 < n; i += 2) {
-    row_costs(i, trow1, table.data());
-    row_costs(i + 1, trow2, whole ? nullptr : spare.data());
-    const V* P = prev.data();
-    V* A = r1.data();
-    V* B = r2.data();
-    uint8_t* d1 = dir.data() + i * m;
-    uint8_t* d2 = d1 + m;
+    const T* __restrict t1 = costs_of(i, 0);
+    const T* __restrict t2 = costs_of(i + 1, 1);
+    const V* __restrict P = prev.data();
+    V* __restrict A = r1.data();
+    V* __restrict B = r2.data();
+    uint8_t* __restrict d1 = dir.data() + i * m;
+    uint8_t* __restrict d2 = d1 + m;
     V left1 = inf, left2 = inf;
-    left1 = cell(P[0], P[1], left1, static_cast<V>(trow1[cols[0]]), d1[0]);
+    FK_DTW_CELL(P[0], P[1], left1, static_cast<V>(t1[cols[0]]), d1[0]);
     A[1] = left1;
     for (int64_t j = 1; j < m; ++j) {
-      left1 = cell(P[j], P[j + 1], left1, static_cast<V>(trow1[cols[j]]), d1[j]);
+      FK_DTW_CELL(P[j], P[j + 1], left1, static_cast<V>(t1[cols[j]]), d1[j]);
       A[j + 1] = left1;
-      left2 = cell(A[j - 1], A[j], left2, static_cast<V>(trow2[cols[j - 1]]), d2[j - 1]);
+      FK_DTW_CELL(A[j - 1], A[j], left2, static_cast<V>(t2[cols[j - 1]]), d2[j - 1]);
       B[j] = left2;
     }
-    left2 = cell(A[m - 1], A[m], left2, static_cast<V>(trow2[cols[m - 1]]), d2[m - 1]);
+    FK_DTW_CELL(A[m - 1], A[m], left2, static_cast<V>(t2[cols[m - 1]]), d2[m - 1]);
     B[m] = left2;
     A[0] = inf;
     B[0] = inf;
     std::swap(prev, r2);
   }
   if (i < n) {  // an odd last row
-    row_costs(i, trow1, table.data());
-    const V* P = prev.data();
-    V* A = r1.data();
-    uint8_t* d1 = dir.data() + i * m;
+    const T* __restrict t1 = costs_of(i, 0);
+    const V* __restrict P = prev.data();
+    V* __restrict A = r1.data();
+    uint8_t* __restrict d1 = dir.data() + i * m;
     V left1 = inf;
     for (int64_t j = 0; j < m; ++j) {
-      left1 = cell(P[j], P[j + 1], left1, static_cast<V>(trow1[cols[j]]), d1[j]);
+      FK_DTW_CELL(P[j], P[j + 1], left1, static_cast<V>(t1[cols[j]]), d1[j]);
       A[j + 1] = left1;
     }
     A[0] = inf;
     std::swap(prev, r1);
   }
+#undef FK_DTW_CELL
   out.cost = static_cast<int64_t>(prev[m]);
   std::vector<int64_t> row_lo(n, 0), row_end(n, m - 1), row_off(n);
   for (int64_t i = 0; i < n; ++i) row_off[i] = i * m;
