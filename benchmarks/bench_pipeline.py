@@ -243,7 +243,7 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
         )
         cpu.append(time.process_time() - c0)
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=3, iterations=1)  # the best of 3, as for bytes mode
     meta = json.load(open(os.path.join(out, "align_meta.json")))
     info = {
         "target_tokens": meta["num_tokens"],
