@@ -7,8 +7,10 @@
 - :func:`mined_map`: minimum-edit-distance mapping of one vocabulary's strings onto another's.
 - :func:`map_vocab`: tokenizer-level vocabulary mapping (``fusekern vocab-map`` and the pipeline).
 
-The native calls convert their inputs up front, release the GIL for the work, and the batch
-calls spread pairs over ``threads`` worker threads (``None`` = all cores).
+The native calls copy their inputs up front (another Python thread may change the caller's
+lists or arrays meanwhile), release the GIL for the work, and the batch calls spread pairs over
+``threads`` worker threads (``None`` = all cores; at most ``MAX_THREADS`` = 1024, more is a
+``ValueError``; if the OS refuses to start a thread the call raises ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from fusekern.align.vocab import VocabMap, map_vocab
 
 ByteVocab = _C.ByteVocab
 MAX_TOKEN_CHARS: int = _C.MAX_TOKEN_CHARS
+MAX_THREADS: int = _C.MAX_THREADS
 
 __all__ = [
     "ByteVocab",
+    "MAX_THREADS",
     "MAX_TOKEN_CHARS",
     "VocabMap",
     "adds_dummy_prefix",
