@@ -132,7 +132,7 @@ class RowCosts {
   FixedPattern fp_;
 };
 
-// Backtrace over stored directions (0 diagonal, 1 up = a-1, 2 or 3 left = b-1): FuseLLM's order of
+// Backtrace over stored directions (0 diagonal, 1 up = a-1, 2 left = b-1): FuseLLM's order of
 // preference is already encoded in them. row_lo/row_end/row_off locate row i's cells in dir.
 void backtrace(const std::vector<uint8_t>& dir, const std::vector<int64_t>& row_lo,
                const std::vector<int64_t>& row_end, const std::vector<int64_t>& row_off, int64_t n, int64_t m,
@@ -222,10 +222,19 @@ void run_band_dp(const StrSeq& a, const StrSeq& b, RowCosts& cost, const std::ve
 // 0, the rest one bit-parallel Myers run with the a-string's masks loaded once per row of the
 // table. The DP keeps two rows of int32/int64 costs and one direction byte per cell.
 
-// Bit i % 64 set for every code point i of s: disjoint signatures => no common character.
-inline uint64_t char_signature(const uint32_t* p, int64_t n) {
-  uint64_t s = 0;
-  for (int64_t k = 0; k < n; ++k) s |= uint64_t{1} << ((p[k] * 0x9E3779B1u) >> 26);
+// Two 64-bit sets of hashed code points (two independent hashes): strings whose signatures
+// are disjoint in either word share no character. Two words cut false "may share" answers.
+struct CharSig {
+  uint64_t w0 = 0, w1 = 0;
+  bool may_share(const CharSig& o) const { return ((w0 & o.w0) != 0) & ((w1 & o.w1) != 0); }
+};
+
+inline CharSig char_signature(const uint32_t* p, int64_t n) {
+  CharSig s;
+  for (int64_t k = 0; k < n; ++k) {
+    s.w0 |= uint64_t{1} << ((p[k] * 0x9E3779B1u) >> 26);
+    s.w1 |= uint64_t{1} << ((p[k] * 0x85EBCA77u + 0x27D4EB2Fu) >> 26);
+  }
   return s;
 }
 
@@ -241,9 +250,11 @@ class DistinctRows {
     // b's characters renamed to dense ids, so a pattern's match masks are a plain array
     std::unordered_map<uint32_t, uint32_t> alphabet;
     off_b_.assign(1, 0);
+    len32_b_.resize(nb);
     for (int64_t v = 0; v < nb; ++v) {
       const uint32_t* t = b.data(rb[v]);
       len_b_[v] = b.len(rb[v]);
+      len32_b_[v] = static_cast<uint32_t>(len_b_[v]);
       sig_b_[v] = char_signature(t, len_b_[v]);
       b_index_.emplace(SpanKey{t, len_b_[v]}, v);
       for (int64_t k = 0; k < len_b_[v]; ++k) {
@@ -259,18 +270,22 @@ class DistinctRows {
   void fill(int64_t u, T* row) {
     const uint32_t* p = a_.data(ra_[u]);
     const int64_t lp = a_.len(ra_[u]);
-    const uint64_t sp = char_signature(p, lp);
+    const CharSig sp = char_signature(p, lp);
     const auto same = b_index_.find(SpanKey{p, lp});
     const int64_t equal_v = same == b_index_.end() ? -1 : same->second;
     const int64_t nb = static_cast<int64_t>(rb_.size());
     // Pass 1 (branch-free): every pair without a common character has distance max(len)
     // (this also covers an empty side); remember the others.
+    const uint32_t lp32 = static_cast<uint32_t>(lp);
+    const uint32_t* __restrict lens = len32_b_.data();
+    for (int64_t v = 0; v < nb; ++v) row[v] = static_cast<T>(std::max(lp32, lens[v]));
     cand_.resize(static_cast<size_t>(nb));
+    int32_t* __restrict cand = cand_.data();
+    const CharSig* __restrict sigs = sig_b_.data();
     int64_t nc = 0;
     for (int64_t v = 0; v < nb; ++v) {
-      row[v] = static_cast<T>(std::max(lp, len_b_[v]));
-      cand_[nc] = static_cast<int32_t>(v);
-      nc += (sp & sig_b_[v]) != 0;
+      cand[nc] = static_cast<int32_t>(v);
+      nc += sp.may_share(sigs[v]);
     }
     if (equal_v >= 0) row[equal_v] = 0;
     // Pass 2: the pairs that may share a character.
@@ -306,7 +321,8 @@ class DistinctRows {
   const std::vector<int64_t>& ra_;
   const StrSeq& b_;
   const std::vector<int64_t>& rb_;
-  std::vector<uint64_t> sig_b_;
+  std::vector<CharSig> sig_b_;
+  std::vector<uint32_t> len32_b_;
   std::vector<int64_t> len_b_;
   std::unordered_map<SpanKey, int64_t, SpanKeyHash> b_index_;
   std::vector<int32_t> cand_;
@@ -368,7 +384,10 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
     for (int64_t u = 0; u < na; ++u) rows.fill(u, table.data() + u * nb);
   }
 
-  constexpr V inf = std::numeric_limits<V>::max() / 2;
+  // Cumulative costs are kept as keys 4 * cost + direction (0 diagonal, 1 up, 2 left): the
+  // smallest key is the smallest cost and, among equal costs, the first in FuseLLM's order,
+  // so one min per predecessor settles both. Stored rows hold 4 * cost.
+  constexpr V inf = (std::numeric_limits<V>::max() / 2) & ~V{3};
   // Rows are stored from column -1: X[0] is the (infinite) column left of the grid, except
   // above row 0, where it is the virtual corner D[-1][-1] = 0.
   std::vector<V> prev(static_cast<size_t>(m) + 1, inf), r1(static_cast<size_t>(m) + 1, inf),
@@ -385,15 +404,15 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
     return buf;
   };
   // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin)
-  // plus the cell's cost; d gets the direction without a branch (2 or 3 = left).
+  // plus the cell's cost c; d gets the direction, left the new stored value (4 * cost).
 #define FK_DTW_CELL(diag, up, left, c, d)       \
   {                                             \
-    const V dg = (diag), u_ = (up);             \
-    const bool u = u_ < dg;                     \
-    const V du = u ? u_ : dg;                   \
-    const bool l = (left) < du;                 \
-    (d) = static_cast<uint8_t>(u | (l << 1));   \
-    (left) = (l ? (left) : du) + (c);           \
+    const V dk = (diag), uk = (up) | V{1};      \
+    const V du = uk < dk ? uk : dk;             \
+    const V lk = (left) | V{2};                 \
+    const V best = lk < du ? lk : du;           \
+    (d) = static_cast<uint8_t>(best & V{3});    \
+    (left) = (best & ~V{3}) + ((c) << 2);       \
   }
   int64_t i = 0;
   // Two rows per sweep, the second one column behind: two independent dependency chains
@@ -435,7 +454,7 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
     std::swap(prev, r1);
   }
 #undef FK_DTW_CELL
-  out.cost = static_cast<int64_t>(prev[m]);
+  out.cost = static_cast<int64_t>(prev[m] >> 2);
   std::vector<int64_t> row_lo(n, 0), row_end(n, m - 1), row_off(n);
   for (int64_t i = 0; i < n; ++i) row_off[i] = i * m;
   backtrace(dir, row_lo, row_end, row_off, n, m, out);
@@ -455,8 +474,9 @@ void dtw_align(const StrSeq& a, const StrSeq& b, int64_t band, DtwPath& out, con
     int64_t max_len = 0;
     for (int64_t i = 0; i < n; ++i) max_len = std::max(max_len, a.len(i));
     for (int64_t j = 0; j < m; ++j) max_len = std::max(max_len, b.len(j));
-    // every path has at most n + m - 1 cells, each costing at most max_len
-    const bool small = (n + m) * std::max<int64_t>(max_len, 1) < (int64_t{1} << 30);
+    // every path has at most n + m - 1 cells, each costing at most max_len; int32 keys hold
+    // 4 * cost (see full_dp) with room to spare below their infinity (2^30)
+    const bool small = (n + m) * std::max<int64_t>(max_len, 1) < (int64_t{1} << 27);
     if (max_len <= 255) {
       small ? full_dp<int32_t, uint8_t>(a, b, out) : full_dp<int64_t, uint8_t>(a, b, out);
     } else {

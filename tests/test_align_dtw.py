@@ -212,3 +212,13 @@ def test_band_is_subject_to_the_memory_limit():
     # a band wider than the sequences is the full DTW
     x, y = ["ab", "c", "", "d"], ["a", "bc", "d"]
     assert dtw(x, y, band=2**80, return_cost=True) == dtw(x, y, return_cost=True)
+
+
+def test_wide_cost_path():
+    """A 65,536-code-point token makes 4·cost overflow int32 bounds: the DP switches to int64
+    keys. Checked against the band DP covering the whole grid (a separate code path)."""
+    a = ["x" * MAX_TOKEN_CHARS, "a", "b"] + ["a", "b", "xx"] * 700
+    b = ["a", "b", "x" * 100] * 700
+    full = dtw(a, b, return_cost=True)
+    assert full == dtw(a, b, band=len(b), return_cost=True)
+    assert full[2] >= MAX_TOKEN_CHARS - 100
