@@ -9,11 +9,18 @@ library's docstrings + 600 source files, cached under ``$FUSEKERN_BENCH_CACHE`` 
 temp dir) so later runs skip the ~40 s of training. Text: stdlib docstrings (not the pydoc
 topics, which lead the prose corpus).
 
-- DTW: one text tokenised by both; the first 512 / 2048 tokens of the byte-level side and the
-  SentencePiece tokens of the same text; token strings with 'Ġ'/'▁' removed as FuseLLM does.
-  Reference: a FuseLLM-style Python DTW (numpy matrix, one ``editdistance.eval`` per cell, its
-  backtrace), timed in the same run. fusekern full (``band=None``, must give identical mappings,
-  checked) and banded (``band=4/16`` with byte widths; exactness reported, not assumed).
+- DTW: FuseLLM's setting on real-looking data: ``tests/align_reference.mixed_text`` (stdlib
+  docstrings and code, multilingual lines with CJK, Cyrillic, Arabic, numbers, URLs, emoji),
+  the first 512 / 2048 tokens of the real Llama-2 tokenizer (SentencePiece BPE, byte fallback:
+  the base/target) and the same text under the real MPT (byte-level BPE) or Qwen2 tokenizer
+  (the blending/source model), from ``../shared/tokenizers``. References, timed in the same run:
+  (1) FuseLLM's ``dtw()`` as released (``align_reference.fusellm_dtw``: numpy matrix, double
+  loop, its backtrace) with its ``dist_fn`` (markers removed, ``editdistance.eval``, per cell) on
+  the raw token strings; (2) the same with the strings stripped beforehand, so each cell is
+  ``editdistance.eval`` alone (the strictest reference: the ratio targets are against it);
+  (3) at 512 only, the same loops with a pure-Python Levenshtein (labelled; the old baseline).
+  fusekern full (``band=None``; mappings must be identical, checked) and banded (``band=4/16/64``
+  with byte widths; exactness reported, not assumed).
 - span_align: 100 documents of ~2k tokens per side; tokens per second on one thread (both sides'
   tokens counted) for ``span_align`` (lists of tuples), ``span_align_batch`` and
   ``span_align_ids_batch`` (ids + ``ByteVocab``); reference: the pure-Python two-pointer aligner.
@@ -38,7 +45,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from align_reference import fusellm_dtw, span_two_pointer  # noqa: E402
+from align_reference import (  # noqa: E402
+    MARKERS,
+    fusellm_dist_fn,
+    fusellm_dtw,
+    fusellm_tokens,
+    levenshtein,
+    span_two_pointer,
+)
 
 from fusekern.align import (  # noqa: E402
     ByteVocab,
@@ -152,67 +166,83 @@ def summary():
 
 # ---------------------------------------------------------------- DTW
 
-
-def fusellm_strings(tok, ids) -> list:
-    return [p.replace("Ġ", "").replace("▁", "") for p in tok.convert_ids_to_tokens(ids)]
+DTW_CASES = [(512, "mpt"), (2048, "mpt"), (512, "qwen2")]
 
 
 @cache
-def dtw_case(n: int):
-    a_tok, b_tok = tokenizer32k("byte_bpe"), tokenizer32k("sp_bpe")
-    text = "\n\n".join(docs())
-    a_ids = a_tok(text, add_special_tokens=False)["input_ids"][:n]
-    sub = a_tok.decode(a_ids)
-    b_ids = b_tok(sub, add_special_tokens=False)["input_ids"]
-    ta, tb = token_bytes(a_tok), token_bytes(b_tok)
-    a, b = fusellm_strings(a_tok, a_ids), fusellm_strings(b_tok, b_ids)
-    wa, wb = [len(ta[i]) for i in a_ids], [len(tb[i]) for i in b_ids]
-    return a, b, wa, wb
+def dtw_case(n: int, source: str):
+    """(raw blending pieces, raw base pieces, stripped a, stripped b, byte widths a, b)."""
+    got = fusellm_tokens("llama2", source, n)
+    if got is None:
+        pytest.skip("../shared/tokenizers is absent")
+    raw_a, raw_b, wa, wb = got
+    a = [t.replace(MARKERS[source], "") for t in raw_a]
+    b = [t.replace(MARKERS["llama2"], "") for t in raw_b]
+    return raw_a, raw_b, a, b, wa, wb
 
 
 @cache
-def dtw_reference(n: int):
-    a, b, _, _ = dtw_case(n)
+def dtw_reference(n: int, source: str):
+    """Times (s) of FuseLLM's dtw with its dist_fn, with editdistance alone, and (512 only)
+    with pure-Python Levenshtein; its result; its peak memory."""
+    raw_a, raw_b, a, b, _, _ = dtw_case(n, source)
     repeat = 3 if n <= 512 else 1
-    out = None
+    out = {}
 
-    def run():
-        nonlocal out
-        out = fusellm_dtw(a, b, editdistance.eval)
+    def run(key, x, y, fn):
+        def call():
+            out[key] = fusellm_dtw(x, y, fn)
 
-    t = best_time(run, repeat)
+        return best_time(call, repeat if key != "python" else 1)
+
+    times = {
+        "fusellm": run("fusellm", raw_a, raw_b, fusellm_dist_fn(MARKERS[source], MARKERS["llama2"])),
+        "editdistance": run("editdistance", a, b, editdistance.eval),
+    }
+    if n <= 512:
+        times["python"] = run("python", a, b, levenshtein)
+    assert all(v == out["editdistance"] for v in out.values()), "the references disagree"
     mem = (
         fresh_peak("fusellm_dtw(args[0], args[1], editdistance.eval)", (a, b))
         if n <= 512
         else "n/a, not rerun"
     )
-    return t, out, mem
+    return times, out["editdistance"], mem
 
 
-@pytest.mark.parametrize("n", [512, 2048])
-@pytest.mark.parametrize("band", [None, 4, 16])
-def test_dtw(benchmark, n, band):
-    a, b, wa, wb = dtw_case(n)
-    t_ref, ref, ref_mem = dtw_reference(n)
+@pytest.mark.parametrize("n,source", DTW_CASES)
+@pytest.mark.parametrize("band", [None, 4, 16, 64])
+def test_dtw(benchmark, n, source, band):
+    _, _, a, b, wa, wb = dtw_case(n, source)
+    t_ref, ref, ref_mem = dtw_reference(n, source)
     kw = {} if band is None else {"band": band, "a_widths": wa, "b_widths": wb}
     out = dtw(a, b, return_cost=True, **kw)
     exact = out == ref
     if band is None:
         assert exact, "full DTW must reproduce FuseLLM's mappings"
-    benchmark.pedantic(lambda: dtw(a, b, **kw), rounds=15 if n <= 512 else 5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: dtw(a, b, **kw), rounds=30 if n <= 512 else 8, iterations=1, warmup_rounds=1)
     t = benchmark.stats.stats.min
-    mem = (
-        fresh_peak("align.dtw(args[0], args[1], **args[2])", (a, b, kw)) if n == 2048 or band is None else ""
+    mem = fresh_peak("align.dtw(args[0], args[1], **args[2])", (a, b, kw)) if band is None else ""
+    benchmark.extra_info.update(
+        speedup_fusellm=t_ref["fusellm"] / t, speedup_editdistance=t_ref["editdistance"] / t, exact=exact
     )
-    benchmark.extra_info.update(speedup=t_ref / t, exact=exact, tokens=(len(a), len(b)))
     label = "full" if band is None else f"band={band}"
+    case = f"llama2 vs {source}, {len(a)}x{len(b)} tokens"
     record(
-        f"dtw {label}, {len(a)}x{len(b)} tokens" + ("" if band is None else f" (exact: {exact})"),
+        f"dtw {label}, {case}" + ("" if band is None else f" (exact: {exact})"),
         f"{t * 1e3:.2f} ms",
-        f"{t_ref * 1e3:.0f} ms (peak {ref_mem})",
-        f"{t_ref / t:.0f}x",
+        f"FuseLLM dtw+dist_fn {t_ref['fusellm'] * 1e3:.0f} ms; "
+        f"editdistance only {t_ref['editdistance'] * 1e3:.0f} ms",
+        f"{t_ref['fusellm'] / t:.0f}x / {t_ref['editdistance'] / t:.0f}x",
         mem,
     )
+    if band is None and "python" in t_ref:
+        record(
+            f"  (second reference) same DTW loops, pure-Python Levenshtein, {case}",
+            f"{t * 1e3:.2f} ms",
+            f"{t_ref['python'] * 1e3:.0f} ms (peak {ref_mem} for the editdistance one)",
+            f"{t_ref['python'] / t:.0f}x",
+        )
 
 
 # ---------------------------------------------------------------- span_align

@@ -132,6 +132,10 @@ int64_t pair_chunk(int64_t pairs, int threads) {
 
 void check_threads(int threads) {
   if (threads < 0) throw py::value_error("threads must be >= 1 (or None for all cores)");
+  if (threads > fk::kMaxThreads) {
+    throw py::value_error("threads must be <= " + std::to_string(fk::kMaxThreads) + ", got " +
+                          std::to_string(threads));
+  }
 }
 
 // ---------------------------------------------------------------- span_align
@@ -274,13 +278,17 @@ py::list span_align_ids_batch_py(py::handle a_ids, py::handle b_ids, const fk::B
   SeqView vb = outer_view(b_ids, "b_ids", "id arrays");
   check_same_length(va, vb, "a_ids", "b_ids");
   const int64_t P = va.n;
-  std::vector<py::array_t<int64_t>> A(P), B(P);
+  // Owned copies: the caller's arrays may be written by another Python thread while the GIL
+  // is released, so the ids checked below must be the ids used.
+  std::vector<std::vector<int64_t>> A(P), B(P);
   std::vector<int64_t> na(P), nb(P);
   for (int64_t k = 0; k < P; ++k) {
-    A[k] = read_ids(va.items[k], at("a_ids", k));
-    B[k] = read_ids(vb.items[k], at("b_ids", k));
-    na[k] = A[k].size();
-    nb[k] = B[k].size();
+    const py::array_t<int64_t> ak = read_ids(va.items[k], at("a_ids", k));
+    const py::array_t<int64_t> bk = read_ids(vb.items[k], at("b_ids", k));
+    A[k].assign(ak.data(), ak.data() + ak.size());
+    B[k].assign(bk.data(), bk.data() + bk.size());
+    na[k] = ak.size();
+    nb[k] = bk.size();
   }
   std::vector<const int64_t*> pa(P), pb(P);
   for (int64_t k = 0; k < P; ++k) {
@@ -419,7 +427,13 @@ py::list dtw_batch_py(py::handle a_seqs, py::handle b_seqs, int64_t band, int th
   {
     py::gil_scoped_release release;
     fk::parallel_for(P, threads, 1, [&](int, int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) fk::dtw_align(A[k], B[k], band, paths[k], WA[k], WB[k]);
+      for (int64_t k = begin; k < end; ++k) {
+        try {
+          fk::dtw_align(A[k], B[k], band, paths[k], WA[k], WB[k]);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument("pair " + std::to_string(k) + ": " + e.what());
+        }
+      }
     });
   }
   py::list result(P);
@@ -462,6 +476,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fusekern native core: byte-exact span alignment, FuseLLM DTW, MinED vocabulary mapping.";
   m.attr("MAX_TOKEN_CHARS") = fk::kMaxTokenChars;
   m.attr("MAX_DTW_CELLS") = fk::kMaxDtwCells;
+  m.attr("MAX_THREADS") = fk::kMaxThreads;
 
   py::class_<fk::ByteVocab>(m, "ByteVocab", "A vocabulary's token bytes packed once for span_align_ids_batch.")
       .def(py::init(&make_vocab), py::arg("token_bytes"))

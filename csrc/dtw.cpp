@@ -6,12 +6,12 @@
 // (j-1); that is the same comparison the forward pass makes, so the forward pass stores the
 // chosen direction (one byte per cell) and keeps only two rows of D.
 //
-// Full mode is PrunedDTW (Silva & Batista 2016): a banded pass gives an upper bound, then the
-// full DP drops cells whose cost-so-far exceeds it, which changes nothing in the result
-// (see run_dp). Distances are cached per pair of distinct strings. Band mode restricts row i to
-// the columns [lo_i, hi_i]: the b tokens whose character span meets a_i's span (closed
-// intervals, spans scaled by total length), widened by `band` non-empty tokens on each side
-// (with any empty tokens in between), made monotone and connected so a path always exists.
+// Full mode computes every cell (no pruning, so nothing to prove): the cost of a cell is a
+// lookup in a table of distances between the *distinct* strings of a and b (see full_dp).
+// Band mode restricts row i to the columns [lo_i, hi_i]: the b tokens whose character span
+// meets a_i's span (closed intervals, spans scaled by total length), widened by `band`
+// non-empty tokens on each side (with any empty tokens in between), made monotone and
+// connected so a path always exists.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -117,148 +117,26 @@ void band_ranges(const StrSeq& a, const StrSeq& b, const std::vector<int64_t>& w
   }
 }
 
-// Cell costs: Levenshtein distances, cached per pair of distinct strings when the cache is
-// small enough (tokens repeat a lot in real text), computed with a pattern loaded per row.
-class Costs {
+// Cell costs of the banded DP: a_i's pattern is loaded once per row and compared with the
+// row's few b strings (a narrow band meets few repeated pairs, so nothing is cached).
+class RowCosts {
  public:
-  Costs(const StrSeq& a, const StrSeq& b, bool cache) : a_(a), b_(b) {
-    if (!cache) return;
-    const std::vector<int64_t> ra = dedupe(a, ua_), rb = dedupe(b, ub_);
-    nub_ = static_cast<int64_t>(rb.size());
-    const int64_t entries = static_cast<int64_t>(ra.size()) * nub_;
-    if (entries <= kMaxCacheEntries) table_.assign(static_cast<size_t>(entries), -1);
-  }
-  void begin_row(int64_t i) {
-    row_ = i;
-    loaded_ = false;
-    trow_ = table_.empty() ? nullptr : &table_[static_cast<size_t>(ua_[i]) * nub_];
-  }
-  void end_row() {
-    if (loaded_) fp_.unload();
-    loaded_ = false;
-  }
-  inline int64_t operator()(int64_t j) {
-    if (trow_ != nullptr) {
-      int32_t& c = trow_[ub_[j]];
-      if (__builtin_expect(c < 0, 0)) c = static_cast<int32_t>(compute(j));
-      return c;
-    }
-    return compute(j);
-  }
+  RowCosts(const StrSeq& a, const StrSeq& b) : a_(a), b_(b) {}
+  void begin_row(int64_t i) { fp_.load(a_.data(i), a_.len(i)); }
+  void end_row() { fp_.unload(); }
+  inline int64_t operator()(int64_t j) { return fp_.distance(b_.data(j), b_.len(j)); }
 
  private:
-  static constexpr int64_t kMaxCacheEntries = int64_t{1} << 24;  // 64 MiB of int32
-  int64_t compute(int64_t j) {
-    if (!loaded_) {
-      fp_.load(a_.data(row_), a_.len(row_));
-      loaded_ = true;
-    }
-    return fp_.distance(b_.data(j), b_.len(j));
-  }
   const StrSeq& a_;
   const StrSeq& b_;
-  std::vector<int32_t> ua_, ub_, table_;
-  int64_t nub_ = 0;
-  int64_t row_ = -1;
-  bool loaded_ = false;
-  int32_t* trow_ = nullptr;
   FixedPattern fp_;
 };
 
-// The DP and backtrace. With fixed ranges (lo/hi non-empty) row i covers [lo[i], hi[i]].
-// Otherwise (pruned full DTW) a row starts at the first live column of the row above and
-// runs while some predecessor is live; a cell whose cost-so-far exceeds `ub` is dropped.
-// Every cell on an optimal path costs at most OPT <= ub so it survives with its exact
-// value; dropped cells are never on an optimal path, so they cannot be the first minimum
-// of any backtrace step either, and the path is exactly the unpruned one.
-void run_dp(const StrSeq& a, const StrSeq& b, Costs& cost, const std::vector<int64_t>& lo,
-            const std::vector<int64_t>& hi, int64_t ub, DtwPath& out) {
-  const int64_t n = a.size(), m = b.size();
-  const bool fixed = !lo.empty();
-  std::vector<int64_t> row_lo(n), row_end(n), row_off(n);
-  std::vector<uint8_t> dir;
-  if (fixed) {
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; ++i) total += hi[i] - lo[i] + 1;
-    dir.reserve(static_cast<size_t>(total));
-  } else {
-    dir.reserve(static_cast<size_t>(std::min<int64_t>(n * m, int64_t{1} << 24)));
-  }
-  std::vector<int64_t> prev(m, kInf), cur(m, kInf);
-  int64_t plo = 0, phi = -1;  // live columns of the previous row
-  for (int64_t i = 0; i < n; ++i) {
-    // Rows never start left of the row above's first live column (band rows are monotone).
-    const int64_t start = fixed ? lo[i] : (i == 0 ? 0 : plo);
-    const int64_t stop = fixed ? hi[i] : m - 1;
-    row_lo[i] = start;
-    row_off[i] = static_cast<int64_t>(dir.size());
-    dir.resize(dir.size() + static_cast<size_t>(stop - start + 1));
-    uint8_t* drow = dir.data() + row_off[i] - start;  // indexed by column
-    const int64_t* P = prev.data();
-    int64_t* C = cur.data();
-    cost.begin_row(i);
-    int64_t live_lo = -1, live_hi = -1, j = start;
-    // One cell given its three predecessors (kInf = none); returns the new value.
-    auto cell = [&](int64_t jj, int64_t diag, int64_t up, int64_t left) {
-      int64_t best = diag;
-      uint8_t d = 0;
-      if (up < best) {
-        best = up;
-        d = 1;
-      }
-      if (left < best) {
-        best = left;
-        d = 2;
-      }
-      int64_t v = kInf;
-      if (best < kInf) {  // (unreachable cells only occur next to dropped ones)
-        v = best + cost(jj);
-        if (v > ub) v = kInf;
-      }
-      C[jj] = v;
-      drow[jj] = d;
-      if (v < kInf) {
-        if (live_lo < 0) live_lo = jj;
-        live_hi = jj;
-      }
-      return v;
-    };
-    if (i == 0) {
-      int64_t left = kInf;
-      for (; j <= stop; ++j) {
-        if (!fixed && j > 0 && left >= kInf) break;
-        left = cell(j, j == 0 ? 0 : kInf, kInf, left);
-      }
-    } else {
-      // first cell: no left neighbour
-      int64_t left = cell(j, j - 1 >= plo && j - 1 <= phi ? P[j - 1] : kInf, j <= phi ? P[j] : kInf, kInf);
-      ++j;
-      // middle: both predecessors in the row above exist
-      const int64_t mid_end = std::min(stop, phi);
-      for (; j <= mid_end; ++j) left = cell(j, P[j - 1], P[j], left);
-      // one past the row above: only the diagonal from above
-      if (j <= stop && j == phi + 1) {
-        left = cell(j, P[j - 1], kInf, left);
-        ++j;
-      }
-      // beyond: only the left neighbour
-      for (; j <= stop; ++j) {
-        if (!fixed && left >= kInf) break;
-        left = cell(j, kInf, kInf, left);
-      }
-    }
-    cost.end_row();
-    row_end[i] = j - 1;
-    dir.resize(static_cast<size_t>(row_off[i] + (j - start)));
-    if (live_lo < 0) throw std::logic_error("dtw: no live cell in a row (upper bound below the optimum)");
-    std::swap(prev, cur);
-    plo = live_lo;
-    phi = live_hi;
-  }
-  out.cost = prev[m - 1];
-  if (phi != m - 1 || out.cost >= kInf) throw std::logic_error("dtw: the last cell was dropped");
-
-  // Backtrace (FuseLLM's order of preference is encoded in dir).
+// Backtrace over stored directions (0 diagonal, 1 up = a-1, 2 left = b-1): FuseLLM's order of
+// preference is already encoded in them. row_lo/row_end/row_off locate row i's cells in dir.
+void backtrace(const std::vector<uint8_t>& dir, const std::vector<int64_t>& row_lo,
+               const std::vector<int64_t>& row_end, const std::vector<int64_t>& row_off, int64_t n, int64_t m,
+               DtwPath& out) {
   out.ai.clear();
   out.bj.clear();
   int64_t i = n - 1, j = m - 1;
@@ -282,9 +160,305 @@ void run_dp(const StrSeq& a, const StrSeq& b, Costs& cost, const std::vector<int
   std::reverse(out.bj.begin(), out.bj.end());
 }
 
-// Band used to get the upper bound for the pruned full DTW: its optimum is a valid path, and
-// on two tokenisations of one text it is usually the global optimum, which prunes the most.
-constexpr int64_t kUpperBoundBand = 4;
+// Banded DP: row i covers the columns [lo[i], hi[i]] (monotone and connected, see band_ranges).
+void run_band_dp(const StrSeq& a, const StrSeq& b, RowCosts& cost, const std::vector<int64_t>& lo,
+                 const std::vector<int64_t>& hi, DtwPath& out) {
+  const int64_t n = a.size(), m = b.size();
+  std::vector<int64_t> row_lo(n), row_end(n), row_off(n);
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    row_lo[i] = lo[i];
+    row_end[i] = hi[i];
+    row_off[i] = total;
+    total += hi[i] - lo[i] + 1;
+  }
+  std::vector<uint8_t> dir(static_cast<size_t>(total));
+  std::vector<int64_t> prev(m, kInf), cur(m, kInf);
+  int64_t plo = 0, phi = -1;  // columns of the previous row
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* drow = dir.data() + row_off[i] - lo[i];  // indexed by column
+    const int64_t* P = prev.data();
+    int64_t* C = cur.data();
+    cost.begin_row(i);
+    int64_t left = kInf;
+    for (int64_t j = lo[i]; j <= hi[i]; ++j) {
+      int64_t diag = kInf, up = kInf;
+      if (i == 0) {
+        diag = j == 0 ? 0 : kInf;
+      } else {
+        if (j - 1 >= plo && j - 1 <= phi) diag = P[j - 1];
+        if (j >= plo && j <= phi) up = P[j];
+      }
+      int64_t best = diag;
+      uint8_t d = 0;
+      if (up < best) {
+        best = up;
+        d = 1;
+      }
+      if (left < best) {
+        best = left;
+        d = 2;
+      }
+      // every cell of a connected monotone band is reachable
+      left = best + cost(j);
+      C[j] = left;
+      drow[j] = d;
+    }
+    cost.end_row();
+    std::swap(prev, cur);
+    plo = lo[i];
+    phi = hi[i];
+  }
+  out.cost = prev[m - 1];
+  backtrace(dir, row_lo, row_end, row_off, n, m, out);
+}
+
+// ---------------------------------------------------------------- full DTW
+//
+// Floor: n*m cells, each one min of three, one add and one backtrace byte. The cell cost is a
+// lookup in a table of distances between *distinct* strings (token strings repeat heavily in
+// real text, so the table is far smaller than the grid), filled up front: a pair whose
+// character sets are disjoint (64-bit signatures) has distance max(len) at once, equal strings
+// 0, the rest one bit-parallel Myers run with the a-string's masks loaded once per row of the
+// table. The DP keeps two rows of int32/int64 costs and one direction byte per cell.
+
+// Two 64-bit sets of hashed code points (two independent hashes): strings whose signatures
+// are disjoint in either word share no character. Two words cut false "may share" answers.
+struct CharSig {
+  uint64_t w0 = 0, w1 = 0;
+  bool may_share(const CharSig& o) const { return ((w0 & o.w0) != 0) & ((w1 & o.w1) != 0); }
+};
+
+inline CharSig char_signature(const uint32_t* p, int64_t n) {
+  CharSig s;
+  for (int64_t k = 0; k < n; ++k) {
+    s.w0 |= uint64_t{1} << ((p[k] * 0x9E3779B1u) >> 26);
+    s.w1 |= uint64_t{1} << ((p[k] * 0x85EBCA77u + 0x27D4EB2Fu) >> 26);
+  }
+  return s;
+}
+
+// Distances from one distinct a-string to every distinct b-string (one row of the table).
+class DistinctRows {
+ public:
+  DistinctRows(const StrSeq& a, const std::vector<int64_t>& ra, const StrSeq& b, const std::vector<int64_t>& rb)
+      : a_(a), ra_(ra), b_(b), rb_(rb) {
+    const int64_t nb = static_cast<int64_t>(rb.size());
+    sig_b_.resize(nb);
+    len_b_.resize(nb);
+    b_index_.reserve(static_cast<size_t>(nb) * 2);
+    // b's characters renamed to dense ids, so a pattern's match masks are a plain array
+    std::unordered_map<uint32_t, uint32_t> alphabet;
+    off_b_.assign(1, 0);
+    len32_b_.resize(nb);
+    for (int64_t v = 0; v < nb; ++v) {
+      const uint32_t* t = b.data(rb[v]);
+      len_b_[v] = b.len(rb[v]);
+      len32_b_[v] = static_cast<uint32_t>(len_b_[v]);
+      sig_b_[v] = char_signature(t, len_b_[v]);
+      b_index_.emplace(SpanKey{t, len_b_[v]}, v);
+      for (int64_t k = 0; k < len_b_[v]; ++k) {
+        dense_b_.push_back(alphabet.emplace(t[k], static_cast<uint32_t>(alphabet.size())).first->second);
+      }
+      off_b_.push_back(static_cast<int64_t>(dense_b_.size()));
+    }
+    alphabet_ = std::move(alphabet);
+    peq_.assign(alphabet_.size(), 0);
+  }
+
+  template <class T>
+  void fill(int64_t u, T* row) {
+    const uint32_t* p = a_.data(ra_[u]);
+    const int64_t lp = a_.len(ra_[u]);
+    const CharSig sp = char_signature(p, lp);
+    const auto same = b_index_.find(SpanKey{p, lp});
+    const int64_t equal_v = same == b_index_.end() ? -1 : same->second;
+    const int64_t nb = static_cast<int64_t>(rb_.size());
+    // Pass 1 (branch-free): every pair without a common character has distance max(len)
+    // (this also covers an empty side); remember the others.
+    const uint32_t lp32 = static_cast<uint32_t>(lp);
+    const uint32_t* __restrict lens = len32_b_.data();
+    for (int64_t v = 0; v < nb; ++v) row[v] = static_cast<T>(std::max(lp32, lens[v]));
+    cand_.resize(static_cast<size_t>(nb));
+    int32_t* __restrict cand = cand_.data();
+    const CharSig* __restrict sigs = sig_b_.data();
+    int64_t nc = 0;
+    for (int64_t v = 0; v < nb; ++v) {
+      cand[nc] = static_cast<int32_t>(v);
+      nc += sp.may_share(sigs[v]);
+    }
+    if (equal_v >= 0) row[equal_v] = 0;
+    // Pass 2: the pairs that may share a character.
+    bool loaded = false, long_loaded = false;
+    for (int64_t k = 0; k < nc; ++k) {
+      const int64_t v = cand_[k];
+      if (v == equal_v) continue;
+      const uint32_t* t = b_.data(rb_[v]);
+      const int64_t lt = len_b_[v];
+      if (lp == 1 || lt == 1) {  // one character: max(len) minus one if it occurs in the other
+        const uint32_t c = lp == 1 ? p[0] : t[0];
+        const uint32_t* s = lp == 1 ? t : p;
+        const int64_t ls = lp == 1 ? lt : lp;
+        row[v] = static_cast<T>(ls - (std::find(s, s + ls, c) != s + ls));
+        continue;
+      }
+      if (lp <= 64) {
+        if (!loaded) load_masks(p, lp);
+        loaded = true;
+        row[v] = static_cast<T>(myers(lp, dense_b_.data() + off_b_[v], lt));
+        continue;
+      }
+      if (!long_loaded) fp_.load(p, lp);
+      long_loaded = true;
+      row[v] = static_cast<T>(fp_.distance(t, lt));
+    }
+    if (loaded) unload_masks();
+    if (long_loaded) fp_.unload();
+  }
+
+ private:
+  const StrSeq& a_;
+  const std::vector<int64_t>& ra_;
+  const StrSeq& b_;
+  const std::vector<int64_t>& rb_;
+  std::vector<CharSig> sig_b_;
+  std::vector<uint32_t> len32_b_;
+  std::vector<int64_t> len_b_;
+  std::unordered_map<SpanKey, int64_t, SpanKeyHash> b_index_;
+  std::vector<int32_t> cand_;
+  std::unordered_map<uint32_t, uint32_t> alphabet_;
+  std::vector<uint32_t> dense_b_;
+  std::vector<int64_t> off_b_;
+  std::vector<uint64_t> peq_;  // match mask per dense character of the loaded pattern
+  std::vector<uint32_t> loaded_ids_;
+  FixedPattern fp_;  // patterns longer than 64 code points
+
+  void load_masks(const uint32_t* p, int64_t lp) {
+    loaded_ids_.clear();
+    for (int64_t k = 0; k < lp; ++k) {
+      const auto it = alphabet_.find(p[k]);
+      if (it == alphabet_.end()) continue;  // occurs in no b string: never matches
+      peq_[it->second] |= uint64_t{1} << k;
+      loaded_ids_.push_back(it->second);
+    }
+  }
+  void unload_masks() {
+    for (uint32_t c : loaded_ids_) peq_[c] = 0;
+  }
+  // Myers/Hyyro global edit distance, pattern of 1..64 characters (masks in peq_).
+  int64_t myers(int64_t lp, const uint32_t* t, int64_t lt) const {
+    uint64_t vp = ~uint64_t{0}, vn = 0;
+    const uint64_t high = uint64_t{1} << (lp - 1);
+    int64_t score = lp;
+    for (int64_t k = 0; k < lt; ++k) {
+      const uint64_t eq = peq_[t[k]];
+      const uint64_t xv = eq | vn;
+      const uint64_t xh = (((eq & vp) + vp) ^ vp) | eq;
+      uint64_t hp = vn | ~(xh | vp);
+      uint64_t hn = vp & xh;
+      score += static_cast<int64_t>((hp & high) != 0) - static_cast<int64_t>((hn & high) != 0);
+      hp = (hp << 1) | 1;
+      hn <<= 1;
+      vp = hn | ~(xv | hp);
+      vn = hp & xv;
+    }
+    return score;
+  }
+};
+
+// Largest distinct-pair table (entries); beyond it (thousands of distinct strings on both
+// sides) each row's distances are computed when the row is reached.
+constexpr int64_t kMaxTableEntries = int64_t{1} << 24;
+
+// The full DP. V holds cumulative costs (int32 when they provably fit), T one distance.
+template <class V, class T>
+void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
+  const int64_t n = a.size(), m = b.size();
+  std::vector<int32_t> ua, ub;
+  const std::vector<int64_t> ra = dedupe(a, ua), rb = dedupe(b, ub);
+  const int64_t na = static_cast<int64_t>(ra.size()), nb = static_cast<int64_t>(rb.size());
+  DistinctRows rows(a, ra, b, rb);
+  const bool whole = na <= kMaxTableEntries / nb;
+  std::vector<T> table(static_cast<size_t>(whole ? na * nb : 0));
+  if (whole) {
+    for (int64_t u = 0; u < na; ++u) rows.fill(u, table.data() + u * nb);
+  }
+
+  // Cumulative costs are kept as keys 4 * cost + direction (0 diagonal, 1 up, 2 left): the
+  // smallest key is the smallest cost and, among equal costs, the first in FuseLLM's order,
+  // so one min per predecessor settles both. Stored rows hold 4 * cost.
+  constexpr V inf = (std::numeric_limits<V>::max() / 2) & ~V{3};
+  // Rows are stored from column -1: X[0] is the (infinite) column left of the grid, except
+  // above row 0, where it is the virtual corner D[-1][-1] = 0.
+  std::vector<V> prev(static_cast<size_t>(m) + 1, inf), r1(static_cast<size_t>(m) + 1, inf),
+      r2(static_cast<size_t>(m) + 1, inf);
+  prev[0] = 0;
+  std::vector<uint8_t> dir(static_cast<size_t>(n * m));
+  const int32_t* __restrict cols = ub.data();
+  std::vector<T> spare(whole ? 0 : static_cast<size_t>(nb) * 2);
+  // Row i's distances to the distinct b strings (computed here when there is no whole table).
+  auto costs_of = [&](int64_t i, int slot) -> const T* {
+    if (whole) return table.data() + static_cast<int64_t>(ua[i]) * nb;
+    T* buf = spare.data() + slot * nb;
+    rows.fill(ua[i], buf);
+    return buf;
+  };
+  // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin)
+  // plus the cell's cost c; d gets the direction, left the new stored value (4 * cost).
+#define FK_DTW_CELL(diag, up, left, c, d)       \
+  {                                             \
+    const V dk = (diag), uk = (up) | V{1};      \
+    const V du = uk < dk ? uk : dk;             \
+    const V lk = (left) | V{2};                 \
+    const V best = lk < du ? lk : du;           \
+    (d) = static_cast<uint8_t>(best & V{3});    \
+    (left) = (best & ~V{3}) + ((c) << 2);       \
+  }
+  int64_t i = 0;
+  // Two rows per sweep, the second one column behind: two independent dependency chains
+  // (each cell waits for its left neighbour) keep the core busy.
+  for (; i + 1 < n; i += 2) {
+    const T* __restrict t1 = costs_of(i, 0);
+    const T* __restrict t2 = costs_of(i + 1, 1);
+    const V* __restrict P = prev.data();
+    V* __restrict A = r1.data();
+    V* __restrict B = r2.data();
+    uint8_t* __restrict d1 = dir.data() + i * m;
+    uint8_t* __restrict d2 = d1 + m;
+    V left1 = inf, left2 = inf;
+    FK_DTW_CELL(P[0], P[1], left1, static_cast<V>(t1[cols[0]]), d1[0]);
+    A[1] = left1;
+    for (int64_t j = 1; j < m; ++j) {
+      FK_DTW_CELL(P[j], P[j + 1], left1, static_cast<V>(t1[cols[j]]), d1[j]);
+      A[j + 1] = left1;
+      FK_DTW_CELL(A[j - 1], A[j], left2, static_cast<V>(t2[cols[j - 1]]), d2[j - 1]);
+      B[j] = left2;
+    }
+    FK_DTW_CELL(A[m - 1], A[m], left2, static_cast<V>(t2[cols[m - 1]]), d2[m - 1]);
+    B[m] = left2;
+    A[0] = inf;
+    B[0] = inf;
+    std::swap(prev, r2);
+  }
+  if (i < n) {  // an odd last row
+    const T* __restrict t1 = costs_of(i, 0);
+    const V* __restrict P = prev.data();
+    V* __restrict A = r1.data();
+    uint8_t* __restrict d1 = dir.data() + i * m;
+    V left1 = inf;
+    for (int64_t j = 0; j < m; ++j) {
+      FK_DTW_CELL(P[j], P[j + 1], left1, static_cast<V>(t1[cols[j]]), d1[j]);
+      A[j + 1] = left1;
+    }
+    A[0] = inf;
+    std::swap(prev, r1);
+  }
+#undef FK_DTW_CELL
+  out.cost = static_cast<int64_t>(prev[m] >> 2);
+  std::vector<int64_t> row_lo(n, 0), row_end(n, m - 1), row_off(n);
+  for (int64_t i = 0; i < n; ++i) row_off[i] = i * m;
+  backtrace(dir, row_lo, row_end, row_off, n, m, out);
+}
 
 }  // namespace
 
@@ -292,19 +466,37 @@ void dtw_align(const StrSeq& a, const StrSeq& b, int64_t band, DtwPath& out, con
                const std::vector<int64_t>& b_widths) {
   const int64_t n = a.size(), m = b.size();
   if (n == 0 || m == 0) throw std::invalid_argument("dtw needs at least one token on each side");
-  if (band < 0 && n > kMaxDtwCells / m) {
-    throw std::invalid_argument("full DTW of " + std::to_string(n) + " x " + std::to_string(m) +
-                                " tokens needs more than 1 GiB of backtrace; pass band=");
+  if (band < 0) {
+    if (n > kMaxDtwCells / m) {
+      throw std::invalid_argument("full DTW of " + std::to_string(n) + " x " + std::to_string(m) +
+                                  " tokens needs more than 1 GiB of backtrace; pass band=");
+    }
+    int64_t max_len = 0;
+    for (int64_t i = 0; i < n; ++i) max_len = std::max(max_len, a.len(i));
+    for (int64_t j = 0; j < m; ++j) max_len = std::max(max_len, b.len(j));
+    // every path has at most n + m - 1 cells, each costing at most max_len; int32 keys hold
+    // 4 * cost (see full_dp) with room to spare below their infinity (2^30)
+    const bool small = (n + m) * std::max<int64_t>(max_len, 1) < (int64_t{1} << 27);
+    if (max_len <= 255) {
+      small ? full_dp<int32_t, uint8_t>(a, b, out) : full_dp<int64_t, uint8_t>(a, b, out);
+    } else {
+      small ? full_dp<int32_t, uint32_t>(a, b, out) : full_dp<int64_t, uint32_t>(a, b, out);
+    }
+    return;
   }
-  // A narrow band meets few repeated pairs; the full DTW revisits them constantly.
-  Costs cost(a, b, /*cache=*/band < 0);
   std::vector<int64_t> lo, hi;
-  band_ranges(a, b, a_widths, b_widths, band < 0 ? kUpperBoundBand : band, lo, hi);
-  run_dp(a, b, cost, lo, hi, kInf, out);
-  if (band >= 0) return;
-  // Full DTW, pruned by the banded optimum (exactly the unpruned result, see run_dp).
-  const int64_t ub = out.cost;
-  run_dp(a, b, cost, {}, {}, ub, out);
+  // a band of m or more tokens on each side covers every column; clamping avoids overflow
+  band_ranges(a, b, a_widths, b_widths, std::min(band, m + 1), lo, hi);
+  int64_t cells = 0;
+  for (int64_t i = 0; i < n; ++i) cells += hi[i] - lo[i] + 1;
+  if (cells > kMaxDtwCells) {
+    throw std::invalid_argument("dtw with band=" + std::to_string(band) + " covers " + std::to_string(cells) +
+                                " cells of the " + std::to_string(n) + " x " + std::to_string(m) +
+                                " grid, more than the limit of " + std::to_string(kMaxDtwCells) +
+                                " (1 GiB of backtrace); pass a smaller band");
+  }
+  RowCosts cost(a, b);
+  run_band_dp(a, b, cost, lo, hi, out);
 }
 
 }  // namespace fk

@@ -7,16 +7,22 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 namespace fk {
 
-// threads <= 0 means "all hardware threads".
+// Most worker threads one call may ask for (the Python side rejects more).
+constexpr int kMaxThreads = 1024;
+
+// threads <= 0 means "all hardware threads" (at most kMaxThreads).
 inline int resolve_threads(int threads) {
   if (threads > 0) return threads;
   const unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
+  return hc == 0 ? 1 : static_cast<int>(std::min<unsigned>(hc, kMaxThreads));
 }
 
 // Calls fn(worker_index, begin, end) over [0, n) in chunks of `chunk`. Runs inline when one
@@ -50,9 +56,21 @@ void parallel_for(int64_t n, int threads, int64_t chunk, Fn&& fn) {
   };
   std::vector<std::thread> pool;
   pool.reserve(t - 1);
-  for (int w = 1; w < t; ++w) pool.emplace_back(worker, w);
-  worker(0);
+  std::string start_error;
+  for (int w = 1; w < t; ++w) {
+    try {
+      pool.emplace_back(worker, w);
+    } catch (const std::system_error& e) {
+      // The OS refused another thread: stop the ones running, then report (never terminate).
+      start_error = "could not start worker thread " + std::to_string(w + 1) + " of " + std::to_string(t) +
+                    " (" + e.what() + "); pass fewer threads";
+      next.store(n_chunks);
+      break;
+    }
+  }
+  if (start_error.empty()) worker(0);
   for (auto& th : pool) th.join();
+  if (!start_error.empty()) throw std::runtime_error(start_error);
   if (error) std::rethrow_exception(error);
 }
 

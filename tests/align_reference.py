@@ -3,6 +3,7 @@ plus the small tokenizers of each family that the tests share (trained once per 
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Callable, Sequence
 
@@ -28,45 +29,61 @@ def levenshtein(a: Sequence, b: Sequence) -> int:
 # ---------------------------------------------------------------- DTW
 
 
-def fusellm_dtw(a: Sequence[str], b: Sequence[str], dist: Callable[[str, str], int] = levenshtein):
-    """DTW as FuseLLM's ``dtw()`` does it: a numpy cost-to-here matrix with an infinite
-    border, one Python-level distance call per cell, and a backtrace from the last cell that
-    takes the first minimum among (diagonal, up = a-1, left = b-1).
+def fusellm_dtw(series_1: Sequence, series_2: Sequence, norm_func: Callable = levenshtein):
+    """FuseLLM's ``dtw()`` (FuseLLM/src/utils/others.py), step for step: a float64 numpy
+    matrix with an infinite border and a zero corner, one Python-level ``norm_func`` call per
+    cell in a double loop, then a backtrace from the last cell that takes ``np.argmin`` over
+    (diagonal, up = series_1 - 1, left = series_2 - 1) — the first minimum — while collecting
+    the matches and both mappings.
 
-    Returns ``(a_to_b, b_to_a, cost)``.
+    FuseLLM calls it as ``dtw(blending_tokens, base_tokens, norm_func=dist_fn)`` with the raw
+    token strings (see :func:`fusellm_dist_fn`). Returns ``(mappings_1, mappings_2, cost)``.
     """
-    n, m = len(a), len(b)
-    acc = np.zeros((n + 1, m + 1))
-    acc[0, :] = np.inf
-    acc[:, 0] = np.inf
-    acc[0, 0] = 0
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            acc[i + 1, j + 1] = dist(x, y) + min(acc[i, j + 1], acc[i + 1, j], acc[i, j])
-    grid = acc[1:, 1:]
-    i, j = n - 1, m - 1
-    a_to_b = [[] for _ in range(n)]
-    b_to_a = [[] for _ in range(m)]
+    matrix = np.zeros((len(series_1) + 1, len(series_2) + 1))
+    matrix[0, :] = np.inf
+    matrix[:, 0] = np.inf
+    matrix[0, 0] = 0
+    for i, x in enumerate(series_1):
+        for j, y in enumerate(series_2):
+            cost = norm_func(x, y)
+            matrix[i + 1, j + 1] = cost + min(matrix[i, j + 1], matrix[i + 1, j], matrix[i, j])
+    matrix = matrix[1:, 1:]
+    i, j = matrix.shape[0] - 1, matrix.shape[1] - 1
+    matches = []
+    map_1: list = [[] for _ in range(matrix.shape[0])]
+    map_2: list = [[] for _ in range(matrix.shape[1])]
     while i > 0 or j > 0:
-        a_to_b[i].append(j)
-        b_to_a[j].append(i)
-        options = [
-            grid[i - 1, j - 1] if i > 0 and j > 0 else np.inf,
-            grid[i - 1, j] if i > 0 else np.inf,
-            grid[i, j - 1] if j > 0 else np.inf,
-        ]
-        move = int(np.argmin(options))
+        matches.append((i, j))
+        map_1[i].append(j)
+        map_2[j].append(i)
+        diag = matrix[i - 1, j - 1] if i > 0 and j > 0 else np.inf
+        up = matrix[i - 1, j] if i > 0 else np.inf
+        left = matrix[i, j - 1] if j > 0 else np.inf
+        move = np.argmin([diag, up, left])
         if move == 0:
             i, j = i - 1, j - 1
         elif move == 1:
             i -= 1
         else:
             j -= 1
-    a_to_b[0].append(0)
-    b_to_a[0].append(0)
-    for lst in a_to_b + b_to_a:
+    matches.append((0, 0))
+    map_1[0].append(0)
+    map_2[0].append(0)
+    matches.reverse()
+    for lst in map_1 + map_2:
         lst.reverse()
-    return a_to_b, b_to_a, int(grid[-1, -1])
+    return map_1, map_2, int(matrix[-1, -1])
+
+
+def fusellm_dist_fn(blending_marker: str, base_marker: str) -> Callable[[str, str], int]:
+    """FuseLLM's per-cell cost (``transform_step_logits``'s ``dist_fn``): each side's own space
+    marker ('Ġ' for GPT-NeoX/MPT, '▁' for Llama) removed, then ``editdistance.eval``."""
+    import editdistance
+
+    def dist_fn(a: str, b: str) -> int:
+        return editdistance.eval(a.replace(blending_marker, ""), b.replace(base_marker, ""))
+
+    return dist_fn
 
 
 # ---------------------------------------------------------------- MinED
@@ -190,6 +207,98 @@ def span_two_pointer(a: Sequence[bytes], b: Sequence[bytes]) -> list[tuple[int, 
                 j += 1
         out.append((gi, i, gj, j))
     return out
+
+
+# ---------------------------------------------------------------- real-looking mixed text
+
+# Short multilingual lines (written for these tests): scripts, numbers, dates, URLs, emoji.
+MIXED_SNIPPETS = (
+    "東京都の人口は約1400万人です。データは https://www.metro.tokyo.lg.jp/ にあります。",
+    "机器学习模型需要大量的训练数据，例如 2023 年发布的 MiniPile 数据集（约 6GB）。",
+    "한국어 텍스트도 토큰화됩니다: 서울 2024년 3월 15일.",
+    "Привет, мир! Цена: 1 234,56 ₽ — см. https://example.ru/страница?id=42",
+    "مرحبا بالعالم، هذا نص عربي مع أرقام ٣٫١٤ و 2.718",
+    "Emoji: 🎉🚀 👩‍💻 ✅ ❤️ 🇯🇵 and 🤖 (robot) 👍🏽",
+    "Version 3.11.7 released 2026-11-30T12:34:56Z; sha256=9f86d081884c7d659a2feaa0c55ad015",
+    "See https://github.com/fanqiwan/FuseLLM/blob/main/README.md#data-construction and RFC 3986.",
+    "Ελληνικά: αβγδε, Ω ≈ 3.14159; math ∑ᵢ xᵢ² ≤ ∞",
+    "Tiếng Việt có dấu: Hà Nội, Đà Nẵng; Français: déjà vu, naïve, œuvre.",
+    "price=$1,299.99 | discount 15% | total: 1104.99 USD (≈ 161 000 ¥)",
+    "ログ: [INFO] 2026/12/01 10:00:00 処理完了 ✓ — 所要時間 0.42 秒",
+)
+
+
+@cache
+def mixed_text(n_chars: int, seed: int = 0) -> str:
+    """Deterministic text like a real pre-training mix: stdlib docstrings (40%), slices of
+    stdlib source code (30%), multilingual lines with numbers, URLs and emoji (25%) and the
+    toy corpus's exotic sample (5%), in paragraphs, until ``n_chars`` characters."""
+    import random
+
+    from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+
+    rng = random.Random(seed)
+    prose, code = stdlib_prose(max_docs=600)[40:], stdlib_code(max_docs=80)
+    parts, n = [], 0
+    while n < n_chars:
+        r = rng.random()
+        if r < 0.4:
+            p = rng.choice(prose)[:600]
+        elif r < 0.7:
+            c = rng.choice(code)
+            s = rng.randrange(max(1, len(c) - 500))
+            p = c[s : s + 500]
+        elif r < 0.95:
+            p = " ".join(rng.sample(MIXED_SNIPPETS, 2))
+        else:
+            p = EXOTIC_TEXT
+        parts.append(p)
+        n += len(p)
+    return "\n\n".join(parts)
+
+
+REAL_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "tokenizers")
+MARKERS = {"llama2": "▁", "mpt": "Ġ", "qwen2": "Ġ"}
+
+
+@cache
+def real_tokenizer(name: str):
+    """One of the real tokenizers in ``../shared/tokenizers`` (None if the folder is absent)."""
+    path = os.path.join(REAL_TOKENIZERS, name)
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+@cache
+def _byte_table(name: str) -> list:
+    from fusekern.align import token_bytes
+
+    return token_bytes(real_tokenizer(name))
+
+
+def fusellm_tokens(base: str, blending: str, n_base: int, seed: int = 0, offset: int = 0):
+    """FuseLLM's DTW inputs for one piece of :func:`mixed_text`: the first ``n_base`` tokens of
+    the base (target) tokenizer from character ``offset`` on, and the blending (source)
+    tokenizer's tokens of the same text. Returns ``(blending_pieces, base_pieces)`` (raw token
+    strings as ``convert_ids_to_tokens`` gives them, markers and ``<0xNN>`` pieces included)
+    and the byte widths of each side's tokens, or None if a tokenizer is absent."""
+    base_tok, blend_tok = real_tokenizer(base), real_tokenizer(blending)
+    if base_tok is None or blend_tok is None:
+        return None
+    text = mixed_text(offset + n_base * 8, seed)[offset:]
+    base_ids = base_tok(text, add_special_tokens=False)["input_ids"][:n_base]
+    piece = base_tok.decode(base_ids)
+    blend_ids = blend_tok(piece, add_special_tokens=False)["input_ids"]
+    tb, tl = _byte_table(base), _byte_table(blending)
+    return (
+        blend_tok.convert_ids_to_tokens(blend_ids),
+        base_tok.convert_ids_to_tokens(base_ids),
+        [len(tl[i]) for i in blend_ids],
+        [len(tb[i]) for i in base_ids],
+    )
 
 
 # ---------------------------------------------------------------- shared toy tokenizers

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 from align_reference import span_reference, span_two_pointer, toy_tokenizer
@@ -228,3 +232,78 @@ def test_huge_tokens():
     assert span_align([big], pieces) == [(0, 1, 0, len(pieces))]
     with pytest.raises(ValueError, match="byte 10240000"):
         span_align([big + b"!"], pieces)
+
+
+# ---------------------------------------------------------------- threads and shared arrays
+
+
+def test_threads_are_capped():
+    from fusekern.align._validate import MAX_THREADS
+
+    a = [[b"ab"]]
+    assert span_align_batch(a, a, threads=MAX_THREADS)[0].tolist() == [[0, 1, 0, 1]]
+    with pytest.raises(ValueError, match=rf"threads must be <= {MAX_THREADS}, got {MAX_THREADS + 1}"):
+        span_align_batch(a, a, threads=MAX_THREADS + 1)
+    with pytest.raises(ValueError, match="threads must be <="):
+        span_align_ids_batch([[0]], [[0]], [b"a"], [b"a"], threads=10**6)
+
+
+_THREAD_START_FAILS = r"""
+import resource
+from fusekern.align import span_align_batch
+
+def vm_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+pairs = [[b"ab", b"c"]] * 4000
+span_align_batch(pairs, pairs, threads=2)
+# room for a few 8 MiB thread stacks, not for 64
+resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + 48 * 2**20, resource.RLIM_INFINITY))
+try:
+    span_align_batch(pairs, pairs, threads=64)
+except RuntimeError as exc:
+    print("RuntimeError:", exc)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
+def test_thread_start_failure_is_an_exception():
+    """The OS refusing a worker thread used to abort the process (`terminate called`)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _THREAD_START_FAILS], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RuntimeError: could not start worker thread" in proc.stdout
+    assert "pass fewer threads" in proc.stdout
+
+
+def test_ids_are_copied_before_the_gil_is_released():
+    """Another thread rewriting the id arrays during the call must not reach the native code:
+    the ids are checked and used from a private copy (an out-of-range write used to be read
+    after the check)."""
+    vocab = [b"a", b"b", b"ab"]
+    a_ids = [np.zeros(20_000, dtype=np.int64) for _ in range(8)]
+    b_ids = [np.zeros(20_000, dtype=np.int64) for _ in range(8)]
+    stop = threading.Event()
+
+    def scribble():
+        big = np.int64(2**40)
+        while not stop.is_set():
+            for arr in a_ids + b_ids:
+                arr[::97] = big
+                arr[::97] = 0
+
+    writer = threading.Thread(target=scribble)
+    writer.start()
+    try:
+        for _ in range(30):
+            try:
+                out = span_align_ids_batch(a_ids, b_ids, vocab, vocab, threads=2, on_mismatch="none")
+            except ValueError as exc:  # the snapshot caught the writer mid-way: a clean error
+                assert "outside the vocabulary" in str(exc)
+                continue
+            assert all(g is None or len(g) == 20_000 for g in out)
+    finally:
+        stop.set()
+        writer.join()

@@ -7,8 +7,10 @@
 - :func:`mined_map`: minimum-edit-distance mapping of one vocabulary's strings onto another's.
 - :func:`map_vocab`: tokenizer-level vocabulary mapping (``fusekern vocab-map`` and the pipeline).
 
-The native calls convert their inputs up front, release the GIL for the work, and the batch
-calls spread pairs over ``threads`` worker threads (``None`` = all cores).
+The native calls copy their inputs up front (another Python thread may change the caller's
+lists or arrays meanwhile), release the GIL for the work, and the batch calls spread pairs over
+``threads`` worker threads (``None`` = all cores; at most ``MAX_THREADS`` = 1024, more is a
+``ValueError``; if the OS refuses to start a thread the call raises ``RuntimeError``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from fusekern.align.vocab import VocabMap, map_vocab
 
 ByteVocab = _C.ByteVocab
 MAX_TOKEN_CHARS: int = _C.MAX_TOKEN_CHARS
+MAX_THREADS: int = _C.MAX_THREADS
 
 __all__ = [
     "ByteVocab",
+    "MAX_THREADS",
     "MAX_TOKEN_CHARS",
     "VocabMap",
     "adds_dummy_prefix",
@@ -118,24 +122,26 @@ def dtw(
     ``return_cost=True`` also the path's total cost.
 
     ``band=None`` is the full O(n·m) DTW and gives exactly the mappings of FuseLLM's
-    ``dtw()`` (backtrace tie order: diagonal, then a−1, then b−1).
+    ``dtw()`` (backtrace tie order: diagonal, then a−1, then b−1). It needs one backtrace
+    byte per cell: ``n·m`` above ``_C.MAX_DTW_CELLS`` (2³⁰) raises ``ValueError``.
 
     ``band=k`` searches an offset-guided band instead, O((n + m)·k) cells: row i keeps the b
     tokens whose span meets a_i's span (positions from ``a_widths``/``b_widths`` — pass the
     tokens' byte lengths, ``len(token_bytes(tok)[id])`` — or else the strings' code-point
     lengths; scaled by the totals), widened by ``k`` non-empty tokens on each side; runs of
-    empty strings, which tie with their neighbours, are added whole. The result is *exactly*
-    the full result whenever the path the full DTW returns lies inside the band (every cell
-    on it keeps its exact value and every backtrace choice is unchanged); otherwise it is
-    the best path inside the band. DTW over marker-stripped strings can slide away from the
-    byte diagonal, so how wide is wide enough depends on the tokenizers. Measured on real
-    text with byte widths (toy tokenizers, 1k vocab): byte-BPE vs SentencePiece-BPE needs
-    k ≤ 2 (5 on mixed-script text), Unigram vs either k ≤ 6 (12 on mixed-script text),
-    WordPiece, whose strings keep '##' and whose widths miss the text's whitespace, up to 19.
-    ``band=16`` with byte widths reproduced the full DTW on all our real-text tests of the
-    BPE/Unigram families, and ``band=4`` did on the 32k-vocabulary benchmark (512 and 2048
-    tokens); use ``band=None`` when exactness matters more than time. The full DTW itself is
-    pruned by the banded optimum (PrunedDTW), which never changes its result.
+    empty strings, which tie with their neighbours, are added whole. What is guaranteed:
+
+    - a valid warping path from (0, 0) to (n−1, m−1) that is optimal among the paths inside
+      the band, so its cost is never below the full DTW's;
+    - exactly the full result (mappings and cost) when the path the full DTW returns lies
+      inside the band (each of its cells keeps its exact value and every backtrace choice is
+      unchanged) — in particular whenever ``k >= len(b)``, which covers the whole grid.
+
+    Nothing else: whether a given ``k`` is wide enough depends on the tokenizers and the text,
+    and is only known by running the full DTW. Measured on 512-token pieces of mixed text
+    (code, CJK, emoji, numbers, URLs) with byte widths, Llama-2 vs MPT needed k up to 16 and
+    Llama-2 vs Qwen2 up to 32 (with code-point widths: 64); on English prose a few tokens do.
+    The band's cells count against the same limit as the full DTW (``ValueError`` beyond it).
     """
     return _C.dtw(a, b, band_arg(band), bool(return_cost), a_widths, b_widths)
 

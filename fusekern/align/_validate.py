@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import numbers
 
+from fusekern._C import MAX_THREADS  # fk::kMaxThreads (csrc/parallel.h); the C++ side checks it too
+
 
 def threads_arg(threads: int | None) -> int:
-    """``None`` -> 0 (the C++ side reads it as "all hardware threads"); else an int >= 1."""
+    """``None`` -> 0 (the C++ side reads it as "all hardware threads", at most MAX_THREADS);
+    else an int in [1, MAX_THREADS]: more threads than that is a mistake, not a speed-up."""
     if threads is None:
         return 0
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
         raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1 (or None for all cores), got {threads}")
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads must be <= {MAX_THREADS}, got {threads}")
     return int(threads)
 
 
@@ -24,7 +29,8 @@ def band_arg(band: int | None) -> int:
         raise TypeError(f"band must be an int or None, got {type(band).__name__}")
     if band < 0:
         raise ValueError(f"band must be >= 0 (or None for the full DTW), got {band}")
-    return int(band)
+    # wider than any sequence is the whole grid (still subject to the DTW memory limit)
+    return min(int(band), 2**62)
 
 
 def on_mismatch_arg(on_mismatch: str) -> bool:
