@@ -166,7 +166,9 @@ def test_align_throughput(benchmark, setup):
 
     def align():
         paths = [s["extracts"][n] for n in names]
-        run_align(s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1)
+        run_align(
+            s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1, overwrite=True
+        )
 
     def run():
         c0, w0 = time.process_time(), time.perf_counter()
@@ -240,6 +242,7 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
             num_proc=1,
             threads=1,
             mode="fusellm",
+            overwrite=True,  # rounds 2 and 3 replace round 1's output
         )
         cpu.append(time.process_time() - c0)
 
