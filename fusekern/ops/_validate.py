@@ -90,6 +90,14 @@ def check_topk(
     check_device(logits, ref, logits_name)
 
 
+def check_sources(ids: torch.Tensor, name: str = "teacher_ids") -> int:
+    """S = ids.shape[-2] must be >= 1 (no source to merge is a caller bug, not an empty answer)."""
+    S = ids.shape[-2]
+    if S < 1:
+        raise ValueError(f"{name} must have at least one source (S >= 1), got shape {list(ids.shape)}")
+    return S
+
+
 def check_mask(mask: object, n: int, ref: torch.Tensor, name: str = "ignore_mask") -> torch.Tensor:
     t = _tensor(mask, name)
     if t.dtype != torch.bool:
