@@ -14,7 +14,7 @@ This module is the engine shared by all three loss entry points (``sparse_kl_los
   Backward only scales this gradient.
 - ``_torch_rows`` (PyTorch): the same computation chunked over rows, so the only O(N·V) memory is
   the gradient itself (plus an fp32 chunk buffer for 16-bit logits).
-- ``_PrecomputedGrad``: the autograd.Function that returns the stored gradient in backward.
+- ``PrecomputedGrad``: the autograd.Function that returns the stored gradient(s) in backward.
 
 Gradient storage: a separate ``[N, V]`` buffer in the logits' dtype, not written over the
 logits: overwriting a tensor the caller (or the HF model output) still holds would be silently
@@ -327,46 +327,54 @@ def _torch_rows(
 # --------------------------------------------------------------------------------------------
 # autograd
 # --------------------------------------------------------------------------------------------
-class _PrecomputedGrad(torch.autograd.Function):
-    """Loss whose gradient w.r.t. the logits was computed in forward; backward scales it.
+class PrecomputedGrad(torch.autograd.Function):
+    """Loss whose gradients w.r.t. its inputs were computed in forward; backward scales them.
 
-    The gradient is kept with ``save_for_backward`` so autograd frees it right after this node's
-    backward (it is not held through the rest of the model's backward), and a leaf's
-    ``AccumulateGrad`` can adopt it without a copy.
-    Scalar losses: the first backward scales the stored gradient in place (no copy; the common
-    ``loss.backward()`` with grad 1 returns it untouched); later backwards (retain_graph,
+    ``PrecomputedGrad.apply(run, *inputs)``: ``run()`` returns ``(loss, grads)`` with one
+    gradient (or None) per input. The gradients are kept with ``save_for_backward`` so autograd
+    frees them right after this node's backward, and a leaf's ``AccumulateGrad`` can adopt them
+    without a copy.
+    Scalar losses: the first backward scales the stored gradients in place (no copy; the common
+    ``loss.backward()`` with grad 1 returns them untouched); later backwards (retain_graph,
     gradcheck) scale out of place so tensors handed out earlier are never modified.
-    ``reduction="none"``: always ``grad * grad_output[:, None]`` out of place.
+    ``reduction="none"`` (one input): always ``grad * grad_output[:, None]`` out of place.
     """
 
     @staticmethod
-    def forward(ctx, x, run):  # type: ignore[override]
-        loss, grad = run()
-        ctx.save_for_backward(grad)
+    def forward(ctx, run, *inputs):  # type: ignore[override]
+        loss, grads = run()
+        ctx.present = [g is not None for g in grads]
+        ctx.save_for_backward(*[g for g in grads if g is not None])
         ctx.per_row = loss.dim() == 1
         ctx.factor = None  # scale applied in place so far (None = untouched)
         return loss
 
     @staticmethod
+    def _out(ctx, gs):
+        it = iter(gs)
+        return (None, *[next(it) if p else None for p in ctx.present])
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
-        (g,) = ctx.saved_tensors
+        gs = ctx.saved_tensors
         if ctx.per_row:
-            return g * go.to(g.dtype)[:, None], None
+            return PrecomputedGrad._out(ctx, [g * go.to(g.dtype)[:, None] for g in gs])
         if ctx.factor is None:
             if bool(go == 1):
                 ctx.factor = torch.ones_like(go)
-                return g, None
+                return PrecomputedGrad._out(ctx, gs)
             if bool(go == 0):
-                return torch.zeros_like(g), None
+                return PrecomputedGrad._out(ctx, [torch.zeros_like(g) for g in gs])
             ctx.factor = go.detach().clone()
-            # .data: scale in place without bumping the saved tensor's version counter, so a
-            # retained graph can still unpack it (its scale is tracked in ctx.factor)
-            g.data.mul_(go.to(g.dtype))
-            return g, None
+            # .data: scale in place without bumping the saved tensors' version counters, so a
+            # retained graph can still unpack them (their scale is tracked in ctx.factor)
+            for g in gs:
+                g.data.mul_(go.to(g.dtype))
+            return PrecomputedGrad._out(ctx, gs)
         if bool(go == ctx.factor):
-            return g, None
-        return g * (go / ctx.factor).to(g.dtype), None
+            return PrecomputedGrad._out(ctx, gs)
+        return PrecomputedGrad._out(ctx, [g * (go / ctx.factor).to(g.dtype) for g in gs])
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,11 +433,11 @@ def sparse_loss(
                 want_grad,
             )
         V_.raise_failed(checks, bad, names.get("x", "student_logits"))  # the one sync
-        return plan.finish(fus, lm, extras), grad
+        return plan.finish(fus, lm, extras), (grad,)
 
     if not want_grad:
         return run()[0], extras
-    return _PrecomputedGrad.apply(x, run), extras
+    return PrecomputedGrad.apply(run, x), extras
 
 
 def teacher_checks(
