@@ -124,7 +124,7 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
     narrow_ld = sum(o.startswith("LDG") and not o.endswith((".128", ".64")) for o in ops)
     # teacher gathers (ids, logits, student logits at the ids) are scalar: a few per teacher lane
     teacher_lanes = next_pow2(S) * next_pow2(K) // (32 * cfg["num_warps"])
-    assert narrow_ld <= 32 + 4 * teacher_lanes, f"too many scalar loads ({narrow_ld}): logits not vectorised? {ops}"
+    assert narrow_ld <= 32 + 4 * teacher_lanes, f"too many scalar loads ({narrow_ld}): not vectorised? {ops}"
     assert regs <= 255
 
 
