@@ -112,13 +112,15 @@ def fused_head_forward(
         outputs = model(**inputs)
     if not box:
         return None, outputs
-    logits = outputs["logits"] if isinstance(outputs, dict) or hasattr(outputs, "keys") else outputs[0]
-    if logits is not box[0]:
+    loss = outputs["logits"] if isinstance(outputs, dict) or hasattr(outputs, "keys") else outputs[0]
+    # a wrapper may hand back another tensor object (DDP passes outputs through its own autograd
+    # node): use what the model returned, after checking that nothing changed its value
+    if not (isinstance(loss, torch.Tensor) and loss.shape == box[0].shape and torch.equal(loss, box[0])):
         raise RuntimeError(
             "the model changed its head's output after the fused loss was computed; "
             "train with fused_linear=false (--fused_linear false)"
         )
-    return box[0], outputs
+    return loss, outputs
 
 
 __all__ = ["fused_head_forward", "fused_head_problem", "output_head"]
