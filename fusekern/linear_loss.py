@@ -290,8 +290,14 @@ def _fused(
                     r = rows[s0:s1]
                     zs = z[s0:s1]
                     ws = buf[s0:s1] if buf is not None else zs
+                    hsub = hc[s0:s1]
+
+                    def recompute(i: torch.Tensor, hsub=hsub) -> torch.Tensor:
+                        out = hsub[i] @ wd.t()
+                        return out + bd if bd is not None else out
+
                     lse, px, x_lab, bad_c = torch_row_chunk(
-                        zs, ws, safe[r], P[r], lab_col[r], a_row[r], b_row[r], scale=False
+                        zs, ws, safe[r], P[r], lab_col[r], a_row[r], b_row[r], False, recompute
                     )
                     f = lse - px
                     if kl:

@@ -198,3 +198,27 @@ else:
         labels[0] = -100  # a whole ignored sequence, λ = 0
         _compare((h, w, None, labels, *batch[4:]), lm_weight=0.0, chunk_size=3, backend="triton",
                  rtol=2e-5, atol=2e-6)  # fmt: skip
+
+
+def test_row_max_far_above_label_and_teacher_columns():
+    """A column far above every label/teacher column (bias +200): the row pass cannot take the
+    logsumexp from those columns' softmax and falls back to the exact one (logits re-read on the
+    logits path, recomputed from hidden/weight on the fused path)."""
+    h, w, b, labels, ids, tlg, ce, _ = head_batch(2, 6, 5, 40, 2, 3, seed=12)
+    ids = torch.where(ids == 5, 6, ids)
+    labels = torch.where(labels == 5, 6, labels)
+    b = b.clone()
+    b[5] = 200.0
+    hl, wl, bl = (t.clone().requires_grad_() for t in (h, w, b))
+    out = fusekern.LinearFusionLoss(0.7, chunk_size=4, backend="torch")(hl, wl, labels, ids, tlg, ce, bl)
+    out.backward()
+    hr, wr, br = (t.clone().requires_grad_() for t in (h, w, b))
+    ref = fusion_module_ref(hr @ wr.T + br, labels, ids, tlg, ce, lm_weight=0.7)
+    ref.backward()
+    assert ref.item() > 100  # the far column really dominates
+    torch.testing.assert_close(out, ref)
+    for a, r in ((hl, hr), (wl, wr), (bl, br)):
+        torch.testing.assert_close(a.grad, r.grad)
+    x = (h @ w.T + b).requires_grad_()
+    logits_path = fusekern.FusionLoss(0.7, backend="torch")(x, labels, ids, tlg, ce)
+    torch.testing.assert_close(logits_path, ref)
