@@ -38,6 +38,7 @@ from .ops.sparse_kl import (
     _chunk_rows,
     _sparse_loss_kernel,
     _triton_rows,
+    gather_columns,
     teacher_checks,
     teacher_entropy,
     torch_row_chunk,
@@ -296,10 +297,11 @@ def _fused(
                         out = hsub[i] @ wd.t()
                         return out + bd if bd is not None else out
 
-                    lse, px, x_lab, bad_c = torch_row_chunk(
-                        zs, ws, safe[r], P[r], lab_col[r], a_row[r], b_row[r], False, recompute
+                    x_ids, x_lab, ref, ref_col = gather_columns(zs, safe[r], lab_col[r], acc)
+                    lse, bad_c = torch_row_chunk(
+                        zs, ws, safe[r], P[r], lab_col[r], a_row[r], b_row[r], False, ref, ref_col, recompute
                     )
-                    f = lse - px
+                    f = lse - (P[r] * x_ids).sum(1)
                     if kl:
                         f = f + ent[r]
                     fus[r] = torch.where(plan.use[r], f, 0.0)

@@ -202,6 +202,24 @@ def teacher_entropy(ids: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(tot, tot).sum(1)
 
 
+def gather_columns(
+    x: torch.Tensor, sc: torch.Tensor, lab: torch.Tensor | None, acc: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The logits at the teacher columns sc [R, M] and label column lab [R, 1] (or None) of rows
+    ``x`` [R, V], in ``acc``, and the largest of them per row with its column: (x_ids [R, M],
+    x_lab [R] or None, ref [R], ref_col [R, 1]). Every gathered column is a real column
+    (padding entries read column 0)."""
+    x_ids = x.gather(1, sc).to(acc)
+    cand, cols = x_ids, sc
+    x_lab = None
+    if lab is not None:
+        x_lab = x.gather(1, lab).to(acc)
+        cand, cols = torch.cat([cand, x_lab], 1), torch.cat([sc, lab], 1)
+        x_lab = x_lab[:, 0]
+    ref, j = cand.max(1)
+    return x_ids, x_lab, ref, cols.gather(1, j[:, None])
+
+
 def torch_row_chunk(
     xc: torch.Tensor,
     w: torch.Tensor,
@@ -211,47 +229,40 @@ def torch_row_chunk(
     ac: torch.Tensor,
     bc: torch.Tensor,
     scale: bool,
+    ref: torch.Tensor,
+    ref_col: torch.Tensor,
     recompute: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The row pass over one chunk: logits ``xc`` [C, V] → gradient in ``w`` [C, V] (``w`` may
     be ``xc`` itself: then ``recompute(rows)`` must give those rows' logits again).
 
     sc [C, M] teacher ids (≥ 0, padding entries have P 0), Pc [C, M] merged probabilities, lab
     [C, 1] label column or None, ac/bc [C] CLM / distillation coefficients (0 where a term does
-    not count). ``scale=True`` writes ``c·softmax − b·P − a·onehot`` (c = a + b); ``scale=False``
-    writes it divided by c (rows with c = 0 must not be passed), so the caller can apply c to a
-    much smaller tensor (LinearFusionLoss scales the [C, H] matmul operands instead).
-    Returns (lse [C], Σ P·x_ids [C], x_lab [C] or None, bad [C] = row holds NaN/±inf).
+    not count), ref/ref_col from :func:`gather_columns`. ``scale=True`` writes
+    ``c·softmax − b·P − a·onehot`` (c = a + b); ``scale=False`` writes it divided by c (rows with
+    c = 0 must not be passed), so the caller can apply c to a much smaller tensor
+    (LinearFusionLoss scales the [C, H] matmul operands instead).
+    Returns (lse [C], bad [C] = row holds NaN/±inf).
 
     Full-width work: a row sum (NaN/±inf make it non-finite; suspects are re-checked exactly, so
     a finite row that overflows the sum is not flagged) and the fused row-wise ``softmax``, plus
     the scale when asked; no separate max pass. The logsumexp comes from the softmax at the
-    largest *gathered* logit (label or teacher column): ``lse = x_j − log softmax_j``, exact
-    while softmax_j ≥ 1e-30 (a normal float); other rows (rare) get ``logsumexp`` of their
-    logits (re-read or recomputed).
+    largest gathered logit: ``lse = x_j − log softmax_j``, exact while softmax_j ≥ 1e-30 (a
+    normal float); other rows (rare) get ``logsumexp`` of their logits (re-read or recomputed).
     """
     acc = w.dtype
-    x_ids = xc.gather(1, sc).to(acc)
-    cand, cols = x_ids, sc  # every gathered column is a real column (padding reads column 0)
-    x_lab = None
-    if lab is not None:
-        x_lab = xc.gather(1, lab).to(acc)
-        cand, cols = torch.cat([cand, x_lab], 1), torch.cat([sc, lab], 1)
-        x_lab = x_lab[:, 0]
     bad = ~torch.isfinite(xc.sum(1, dtype=acc))
     if bool(bad.any()):  # rare: exact check of the suspects, before xc may be overwritten
         r = bad.nonzero()[:, 0]
         bad[r] = ~torch.isfinite(xc[r]).all(1)
-    ref, j = cand.max(1)
     torch.softmax(xc, 1, dtype=acc if xc.dtype != acc else None, out=w)
-    w_ref = w.gather(1, cols.gather(1, j[:, None]))[:, 0]
+    w_ref = w.gather(1, ref_col)[:, 0]
     lse = ref - w_ref.log()
     far = ~(w_ref >= 1e-30)
     if bool(far.any()):
         r = far.nonzero()[:, 0]
         src = recompute(r) if w.data_ptr() == xc.data_ptr() and recompute is not None else xc[r]
         lse[r] = torch.logsumexp(src.to(acc), 1)
-    px = (Pc * x_ids).sum(1)
     if scale:
         w.mul_((ac + bc)[:, None])
         w.scatter_add_(1, sc, -(bc[:, None] * Pc))
@@ -262,7 +273,7 @@ def torch_row_chunk(
         w.scatter_add_(1, sc, -((bc * inv)[:, None] * Pc))
         if lab is not None:
             w.scatter_add_(1, lab, -(ac * inv)[:, None])
-    return lse, px, x_lab, bad
+    return lse, bad
 
 
 def _torch_rows(
@@ -286,7 +297,6 @@ def _torch_rows(
     N, V = x.shape
     acc = P.dtype
     dev = x.device
-    fus = torch.zeros(N, dtype=acc, device=dev)
     lm = torch.zeros(N, dtype=acc, device=dev)
     bad = torch.zeros(N, dtype=torch.bool, device=dev)
     grad = torch.empty((N, V), dtype=x.dtype, device=dev) if want_grad else None
@@ -301,6 +311,9 @@ def _torch_rows(
     lowp = x.dtype != acc
     buf = torch.empty((min(C, N), V), dtype=acc, device=dev) if (lowp or not want_grad) and N else None
     on_cpu = dev.type == "cpu"
+    # the few columns each row needs, for all rows at once (few small ops on a busy machine)
+    x_ids, x_lab, ref, ref_col = gather_columns(x, safe, lab_safe, acc)
+    lse = torch.zeros(N, dtype=acc, device=dev)
     for r0 in range(0, N, C):
         r1 = min(N, r0 + C)
         act = active[r0:r1]
@@ -308,19 +321,11 @@ def _torch_rows(
             if want_grad:
                 grad[r0:r1].zero_()
             continue
-        xc = x[r0:r1]
         w = buf[: r1 - r0] if buf is not None else grad[r0:r1]
-        lse, px, x_lab, bad_c = torch_row_chunk(
-            xc, w, safe[r0:r1], P[r0:r1], lab_safe[r0:r1] if labels is not None else None,
-            a_row[r0:r1], b_row[r0:r1], True,
+        lse[r0:r1], bad[r0:r1] = torch_row_chunk(
+            x[r0:r1], w, safe[r0:r1], P[r0:r1], lab_safe[r0:r1] if labels is not None else None,
+            a_row[r0:r1], b_row[r0:r1], True, ref[r0:r1], ref_col[r0:r1],
         )  # fmt: skip
-        f = lse - px
-        if kl:
-            f = f + ent[r0:r1]
-        fus[r0:r1] = torch.where(use[r0:r1], f, 0.0)
-        if labels is not None:
-            lm[r0:r1] = torch.where(lab_ok[r0:r1], lse - x_lab, 0.0)
-        bad[r0:r1] = bad_c & act
         if want_grad:
             # rows that contribute nothing: zero (their coefficient is 0, but their logits may
             # hold NaN/inf); only those rows are written
@@ -329,6 +334,13 @@ def _torch_rows(
                 w.index_fill_(0, idle, 0)
             if buf is not None:
                 grad[r0:r1].copy_(w)
+    bad &= active
+    f = lse - (P * x_ids).sum(1)
+    if kl:
+        f = f + ent
+    fus = torch.where(use, f, 0.0)
+    if labels is not None:
+        lm = torch.where(lab_ok, lse - x_lab, 0.0)
     return fus, lm, bad, grad
 
 
