@@ -165,3 +165,30 @@ def test_fused_training_with_gradient_accumulation_and_eval_parts(tmp_path):
         0.5 * metrics["eval_clm_loss"] + 0.5 * metrics["eval_fusion_loss"], rel=1e-4
     )
     assert not any(k in metrics for k in ("clm_loss", "fusion_loss"))
+
+
+@pytest.mark.parametrize("scheme", ["FSDP", "DeepSpeed ZeRO-3"])
+def test_sharded_head_weight_falls_back(tmp_path, scheme, caplog, monkeypatch):
+    """Under FSDP / ZeRO-3 the head weight is sharded: auto falls back (one logged line), true
+    is an error. (No FSDP/DeepSpeed run here: the decision is what is tested.)"""
+    from fusekern.trainer import trainer as trainer_mod
+
+    for mode in ("auto", "true"):
+        model = tiny_lm(seed=1)
+        fa = FusionArguments(lm_weight=0.6, fused_linear=mode)
+        tr = FusionTrainer(model=model, args=_args(tmp_path), fusion_args=fa)
+        if scheme == "FSDP":
+            monkeypatch.setattr(tr, "is_fsdp_enabled", True, raising=False)
+        else:
+            monkeypatch.setattr(tr, "is_deepspeed_enabled", True, raising=False)
+            monkeypatch.setattr(trainer_mod, "_zero_stage", lambda t: 3)
+        batch = tr.data_collator(packed_rows(2, seed=1))
+        model.train()
+        if mode == "true":
+            with pytest.raises(ValueError, match=f"{scheme} shards"):
+                tr.compute_loss(model, dict(batch))
+            continue
+        with caplog.at_level(logging.INFO, logger="fusekern"):
+            tr.compute_loss(model, dict(batch))
+        assert tr.fused_head is False
+        assert f"{scheme} shards the output head's weight" in caplog.text
