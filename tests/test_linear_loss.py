@@ -199,6 +199,14 @@ else:
         _compare((h, w, None, labels, *batch[4:]), lm_weight=0.0, chunk_size=3, backend="triton",
                  rtol=2e-5, atol=2e-6)  # fmt: skip
 
+    def test_interp_streaming_row_pass_in_place():
+        """The streaming kernel variant (two reads per row) writing the gradient over its logits."""
+        from fusekern.ops._backend import override_config
+
+        batch = head_batch(2, 5, 8, 70, 2, 3, seed=11, dtype=torch.float32)
+        with override_config(single=False, block_v=32):
+            _compare(batch, lm_weight=0.5, chunk_size=4, backend="triton", rtol=2e-5, atol=2e-6)
+
 
 def test_row_max_far_above_label_and_teacher_columns():
     """A column far above every label/teacher column (bias +200): the row pass cannot take the
