@@ -309,7 +309,7 @@ def _fused(
                     bad[r] = bad_c
                     if buf is not None:
                         zs.copy_(ws)
-                c = (a_row[rows] + b_row[rows]).to(hd.dtype)[:, None]
+                c = (a_row[rows] + b_row[rows])[:, None]  # in acc: no bf16 rounding of the scale
             else:
                 f_c, l_c, bad_c, _ = _triton_rows(
                     z, ids[rows], tlg[rows], ce[rows], plan.use[rows], plan.lab[rows],
@@ -322,15 +322,15 @@ def _fused(
             # z holds G (Triton) or G / c (PyTorch path): c goes on the [n, H] side
             if g_h is not None:
                 gh = torch.mm(z, wd)
-                g_h[rows] = gh.mul_(c) if c is not None else gh
-            hs = hc.mul_(c) if c is not None else hc  # hc is a private copy (index_select)
+                g_h[rows] = (gh.to(acc) * c).to(gh.dtype) if c is not None else gh
+            hs = (hc.to(acc) * c).to(hc.dtype) if c is not None else hc
             if g_w is not None:
                 if g_w.dtype == z.dtype:
                     g_w.addmm_(z.t(), hs)
                 else:
                     g_w.add_(torch.mm(z.t(), hs))
             if g_b is not None:
-                gb = z.t().mv(c[:, 0]) if c is not None else z.sum(0)
+                gb = z.t().mv(c[:, 0].to(z.dtype)) if c is not None else z.sum(0)
                 g_b.add_(gb)
         V_.raise_failed(checks, bad, "logits (hidden @ weight.T + bias)")  # the one sync
         loss = plan.finish(fus, lm, extras)
