@@ -158,7 +158,7 @@ class FusionTrainer(Trainer):
             outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
 
-        if loss is not None:
+        if loss is not None:  # fused path: computed inside the model's forward, from the head
             pass
         elif has_teacher:
             lm_weight = self.current_lm_weight()
