@@ -12,7 +12,11 @@ For every op (sparse_kl_loss, fusion_loss, FusionLoss, merge_topk) at N=8192, V 
   4. the fraction of the memory-bandwidth floor (read the logits once + write the gradient once,
      2·N·V·bytes) reached, against the nominal peak of the card (from its name) and against the
      copy bandwidth measured here;
-  5. a sweep of kernel launch configurations (single-read vs streaming, block size, warps).
+  5. a sweep of kernel launch configurations (single-read vs streaming, block size, warps);
+  6. (issue 12) ``LinearFusionLoss`` — the loss straight from the LM head — against the logits
+     path (``h @ W.T`` in bf16 + ``FusionLoss``) at B·T=8192, H=4096, V=128256, S=3, K=10, bf16:
+     loss and gradients of hidden/weight, fwd+bwd time and extra peak memory, with PASS/FAIL for
+     memory ≤ 1/8 and time ≤ 1.1x of the logits path.
 Prints a short table last; writes gpu_check.json under $OUT (or --out) when set.
 
 ``--smoke`` runs the same code paths on the CPU under TRITON_INTERPRET=1 at tiny sizes.
@@ -85,7 +89,7 @@ class Env:
         """Median ms of fn()."""
         if self.smoke:
             ts = []
-            for _ in range(3):
+            for _ in range(1):
                 for t in grad_to_none:
                     t.grad = None
                 t0 = time.perf_counter()
@@ -100,8 +104,7 @@ class Env:
 
     def peak_extra(self, fn: Callable[[], Any]) -> float | None:
         """Peak bytes allocated during fn() beyond what was allocated before it."""
-        if self.smoke:
-            fn()
+        if self.smoke:  # no allocator statistics on the CPU: nothing to measure
             return None
         self.sync()
         base = torch.cuda.memory_allocated()
@@ -365,6 +368,84 @@ def measure_case(
     return res
 
 
+def check_linear(env: Env, args: argparse.Namespace) -> Dict[str, Any]:
+    """LinearFusionLoss vs the logits path (h @ W.T + FusionLoss), bf16, Triton row pass.
+
+    Memory = peak allocated during fwd+bwd beyond what was allocated before, *minus* the
+    gradients of hidden and weight that both paths must return ("beyond grads"; the raw figures
+    are reported too)."""
+    smoke = env.smoke
+    B, T, H, V = (2, 5, 16, 64) if smoke else (4, 2048, 4096, 128256)
+    dt = torch.float32 if smoke else torch.bfloat16
+    dev = env.device
+    g = torch.Generator(device="cpu").manual_seed(0)
+    h0 = (torch.randn(B, T, H, generator=g) * 1.0).to(dev, dt)
+    w0 = (torch.randn(V, H, generator=g) * H**-0.5).to(dev, dt)
+    ids = torch.randint(0, V, (B, T, S, K), generator=g)
+    ids[torch.rand(B, T, S, K, generator=g) < 0.05] = -1
+    lg = (torch.randn(B, T, S, K, generator=g) * 3).half()
+    ce = torch.rand(B, T, S, generator=g) * 3
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[torch.rand(B, T, generator=g) < 0.05] = -100
+    ids, lg, ce, labels = (t.to(dev) for t in (ids, lg, ce, labels))
+    backend = "triton"
+    logits_mod = fusekern.FusionLoss(LM_WEIGHT, backend=backend)
+    chunk = 4 if smoke else None  # smoke: several chunks, some splitting a sequence
+    fused_mod = fusekern.LinearFusionLoss(LM_WEIGHT, chunk_size=chunk, backend=backend)
+
+    def logits_path(h, w):
+        return logits_mod(h @ w.T, labels, ids, lg, ce)
+
+    def fused_path(h, w):
+        return fused_mod(h, w, labels, ids, lg, ce)
+
+    res: Dict[str, Any] = {
+        "op": "LinearFusionLoss",
+        "N": B * T,
+        "H": H,
+        "V": V,
+        "dtype": str(dt),
+        "notes": [],
+    }
+    outs = {}
+    for name, fn in (("logits", logits_path), ("fused", fused_path)):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        loss = fn(h, w)
+        loss.backward()
+        env.sync()
+        outs[name] = (float(loss), h.grad.float(), w.grad.float())
+        del h, w, loss
+    (l0, gh0, gw0), (l1, gh1, gw1) = outs["logits"], outs["fused"]
+    res["rel_loss_err"] = abs(l1 - l0) / max(abs(l0), 1e-6)
+    res["rel_grad_h_err"] = float((gh1 - gh0).abs().max() / gh0.abs().max().clamp_min(1e-30))
+    res["rel_grad_w_err"] = float((gw1 - gw0).abs().max() / gw0.abs().max().clamp_min(1e-30))
+    tol = (1e-5, 1e-4) if dt == torch.float32 else (2e-3, 5e-2)
+    res["ok"] = res["rel_loss_err"] <= tol[0] and max(res["rel_grad_h_err"], res["rel_grad_w_err"]) <= tol[1]
+    del outs, gh0, gw0, gh1, gw1
+
+    grads_bytes = (h0.numel() + w0.numel()) * h0.element_size()
+    for name, fn in (("logits", logits_path), ("fused", fused_path)):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+
+        def step(fn=fn, h=h, w=w):
+            fn(h, w).backward()
+
+        res[f"{name}_ms"] = env.bench(step, [h, w])
+        h.grad = w.grad = None
+        peak = env.peak_extra(step)
+        res[f"{name}_peak_mb"] = _mb(peak)
+        res[f"{name}_beyond_grads_mb"] = None if peak is None else _mb(peak - grads_bytes)
+        del h, w
+        env.free_bytes()
+    res["time_ratio"] = res["fused_ms"] / res["logits_ms"]
+    if res["logits_beyond_grads_mb"] is not None:
+        res["mem_ratio"] = res["fused_beyond_grads_mb"] / res["logits_beyond_grads_mb"]
+        res["mem_ratio_raw"] = res["fused_peak_mb"] / res["logits_peak_mb"]
+        res["mem_pass"] = res["mem_ratio"] <= 1 / 8
+    res["time_pass"] = res["time_ratio"] <= 1.1
+    return res
+
+
 def _mb(b: float | None) -> float | None:
     return None if b is None else b / 2**20
 
@@ -402,6 +483,9 @@ def main() -> int:
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=list(DTYPES))
     ap.add_argument("--ops", nargs="+", default=["sparse_kl", "fusion_loss", "FusionLoss", "merge_topk"])
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument(
+        "--linear", choices=["yes", "no", "only"], default="yes", help="the LinearFusionLoss check"
+    )
     ap.add_argument("--ref-rows", type=int, default=None, help="row chunk of the fp32 reference")
     ap.add_argument(
         "--dense-buffers", type=float, default=12, help="estimated N×V buffers of the dense recipe"
@@ -433,6 +517,19 @@ def main() -> int:
     )
 
     results: List[Dict[str, Any]] = []
+    linear: Dict[str, Any] | None = None
+    if args.linear != "no":
+        t0 = time.time()
+        try:
+            linear = check_linear(env, args)
+        except Exception as e:
+            traceback.print_exc()
+            linear = {"op": "LinearFusionLoss", "ok": False, "error": repr(e)[:300]}
+        linear["seconds"] = round(time.time() - t0, 1)
+        print(json.dumps(linear, default=str), flush=True)
+        env.free_bytes()
+    if args.linear == "only":
+        vocabs, args.no_sweep = [], True
     for V in vocabs:
         for dt in args.dtypes:
             d = make_inputs(N, V, DTYPES[dt], T, env.device, seed=V + N)
@@ -482,7 +579,7 @@ def main() -> int:
         for s_ in sweeps:
             print("sweep", json.dumps(s_), flush=True)
 
-    ok = all(r.get("ok") for r in results)
+    ok = all(r.get("ok") for r in results) and (linear is None or bool(linear.get("ok")))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
@@ -495,6 +592,7 @@ def main() -> int:
                     "K": K,
                     "results": results,
                     "sweep": sweeps,
+                    "linear": linear,
                     "ok": ok,
                     "seconds": round(time.time() - t_start, 1),
                 },
@@ -549,6 +647,26 @@ def main() -> int:
             f"best config V={V}: BLOCK_V={s_['BLOCK_V']} SINGLE={s_['SINGLE']} warps={s_['num_warps']} "
             f"{s_['kernel_ms']:.3f} ms"
         )
+    if linear is not None and "fused_ms" in linear:
+        r = linear
+        print(
+            f"\nLinearFusionLoss vs logits path (N={r['N']}, H={r['H']}, V={r['V']}, {r['dtype']}): "
+            f"{'OK' if r['ok'] else 'FAIL'} (loss rel err {r['rel_loss_err']:.1e}, "
+            f"grad h {r['rel_grad_h_err']:.1e}, grad W {r['rel_grad_w_err']:.1e})"
+        )
+        verdict = "n/a (--smoke)" if args.smoke else "PASS" if r["time_pass"] else "FAIL"
+        print(f"  fwd+bwd: fused {_f(r['fused_ms'])} ms, logits path {_f(r['logits_ms'])} ms -> "
+              f"{r['time_ratio']:.2f}x: time <= 1.1x {verdict}")  # fmt: skip
+        if r.get("mem_ratio") is not None:
+            print(
+                f"  extra peak beyond the h/W gradients: fused {_f(r['fused_beyond_grads_mb'])} MB, logits "
+                f"{_f(r['logits_beyond_grads_mb'])} MB -> {r['mem_ratio']:.3f} "
+                f"(raw {r['mem_ratio_raw']:.3f}): memory <= 1/8 {'PASS' if r['mem_pass'] else 'FAIL'}"
+            )
+        else:
+            print("  memory: not measured in --smoke (CPU)")
+    elif linear is not None:
+        print(f"\nLinearFusionLoss check: FAIL ({linear.get('error')})")
     print(f"floor% = (2·N·V·bytes / {fk} bandwidth) / time; all correct: {ok}; {time.time() - t_start:.0f} s")
     return 0 if ok else 1
 

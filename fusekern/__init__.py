@@ -17,6 +17,8 @@ _LAZY = {
     "merge_topk": "fusekern.ops.merge_topk",
     "fusion_loss": "fusekern.ops.fusion_loss",
     "FusionLoss": "fusekern.loss",
+    "LinearFusionLoss": "fusekern.linear_loss",
+    "linear_fusion_loss": "fusekern.linear_loss",
     "FusionTrainer": "fusekern.trainer",
     "FusionDataCollator": "fusekern.trainer",
     "FusionArguments": "fusekern.trainer",

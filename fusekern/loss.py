@@ -73,37 +73,15 @@ class FusionLoss(nn.Module):
     ) -> torch.Tensor:
         """logits ``[B, T, V]``, labels ``[B, T]``, teacher_ids/teacher_logits ``[B, T, S, K]``,
         source_ce ``[B, T, S]`` (per token) or ``[B, S]`` (per sequence). Returns a scalar."""
-        lam = _check_lm_weight(self.lm_weight)
-        V_.check_choice(self.method, METHODS, "method")
-        V_.check_choice(self.loss_type, LOSS_TYPES, "loss_type")
-        temp = V_.check_temperature(self.teacher_temperature)
+        lam, temp = check_options(self)
         x = V_.check_logits(logits, "logits", 3)
         B, T, V = x.shape
-        V_.check_int(labels, "labels", "-100 = ignored")
-        V_.check_shape(labels, [B, T], "labels", " (matching logits [B, T, V])")
-        V_.check_device(labels, x, "labels")
-        V_.check_int(teacher_ids, "teacher_ids")
-        if teacher_ids.dim() != 4:
-            raise ValueError(f"teacher_ids must have shape [B, T, S, K], got {list(teacher_ids.shape)}")
-        S, K = teacher_ids.shape[2], teacher_ids.shape[3]
-        V_.check_topk(teacher_ids, teacher_logits, (B, T, S), x, "teacher_ids", "teacher_logits")
-        V_.check_float(source_ce, "source_ce")
-        if source_ce.dim() == 2:
-            V_.check_shape(source_ce, [B, S], "source_ce", " or [B, T, S]")
-            source_ce = source_ce[:, None, :].expand(B, T, S)
-        else:
-            V_.check_shape(source_ce, [B, T, S], "source_ce", " or [B, S]")
-        V_.check_device(source_ce, x, "source_ce")
-
-        # row (b, t) predicts labels[b, t+1]; the last position of each sequence predicts nothing
-        nxt = torch.full_like(labels, V_.IGNORE_INDEX)
-        nxt[:, :-1] = labels[:, 1:]
-        nxt = nxt.reshape(B * T)
+        nxt, ids, tlg, ce = flatten_batch(x, "logits", labels, teacher_ids, teacher_logits, source_ce)
         loss, extras = sparse_loss(
             x.reshape(B * T, V),
-            teacher_ids.reshape(B * T, S, K),
-            teacher_logits.reshape(B * T, S, K),
-            source_ce.reshape(B * T, S),
+            ids,
+            tlg,
+            ce,
             method=self.method,
             temperature=temp,
             kl=self.loss_type == "kl",
@@ -112,17 +90,64 @@ class FusionLoss(nn.Module):
             lm_weight=lam,
             reduction="mean",
             backend=self.backend,
-            names={
-                "ids": "teacher_ids",
-                "logits": "teacher_logits",
-                "ce": "source_ce",
-                "labels": "labels",
-                "x": "logits",
-            },
+            names={**NAMES, "x": "logits"},
         )
         self.last_clm = extras["clm"]
         self.last_fusion = extras["distill"]
         return loss
+
+
+def check_options(mod: nn.Module) -> tuple:
+    """(λ, temperature) of a FusionLoss-like module, re-checked at every call: its options are
+    plain attributes a trainer may change."""
+    lam = _check_lm_weight(mod.lm_weight)
+    V_.check_choice(mod.method, METHODS, "method")
+    V_.check_choice(mod.loss_type, LOSS_TYPES, "loss_type")
+    return lam, V_.check_temperature(mod.teacher_temperature)
+
+
+NAMES = {"ids": "teacher_ids", "logits": "teacher_logits", "ce": "source_ce", "labels": "labels"}
+
+
+def flatten_batch(
+    ref: torch.Tensor,
+    ref_name: str,
+    labels: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    source_ce: torch.Tensor,
+) -> tuple:
+    """Check a causal-LM fusion batch against ``ref`` ([B, T, ...], named ``ref_name``) and
+    flatten it to rows: (next labels [B·T] (−100 = none), ids/logits [B·T, S, K], CE [B·T, S]).
+
+    Row (b, t) predicts ``labels[b, t+1]``; the last position of each sequence predicts nothing.
+    The shift is applied to these small tensors, never to the logits."""
+    B, T = ref.shape[:2]
+    what = f" (matching {ref_name} [B, T, ...])"
+    V_.check_int(labels, "labels", "-100 = ignored")
+    V_.check_shape(labels, [B, T], "labels", what)
+    V_.check_device(labels, ref, "labels", ref_name)
+    V_.check_int(teacher_ids, "teacher_ids")
+    if teacher_ids.dim() != 4:
+        raise ValueError(f"teacher_ids must have shape [B, T, S, K], got {list(teacher_ids.shape)}")
+    S = V_.check_sources(teacher_ids)
+    K = teacher_ids.shape[3]
+    V_.check_topk(teacher_ids, teacher_logits, (B, T, S), ref, "teacher_ids", "teacher_logits", ref_name)
+    V_.check_float(source_ce, "source_ce")
+    if source_ce.dim() == 2:
+        V_.check_shape(source_ce, [B, S], "source_ce", " or [B, T, S]")
+        source_ce = source_ce[:, None, :].expand(B, T, S)
+    else:
+        V_.check_shape(source_ce, [B, T, S], "source_ce", " or [B, S]")
+    V_.check_device(source_ce, ref, "source_ce", ref_name)
+    nxt = torch.full_like(labels, V_.IGNORE_INDEX)
+    nxt[:, :-1] = labels[:, 1:]
+    return (
+        nxt.reshape(B * T),
+        teacher_ids.reshape(B * T, S, K),
+        teacher_logits.reshape(B * T, S, K),
+        source_ce.reshape(B * T, S),
+    )
 
 
 def _check_lm_weight(lm_weight: object) -> float:
@@ -134,4 +159,4 @@ def _check_lm_weight(lm_weight: object) -> float:
     return lam
 
 
-__all__ = ["FusionLoss"]
+__all__ = ["FusionLoss", "flatten_batch"]

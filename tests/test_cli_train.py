@@ -56,10 +56,22 @@ def test_every_training_argument_passes_through():
             "false",
             "--ce_level",
             "sequence",
+            "--fused_linear",
+            "false",
         ]
     )
     assert (model.model_name_or_path, fusion.lm_weight, fusion.fusion_sources) == ("m", 0.8, ["a", "b"])
     assert fusion.target_as_source is False and fusion.ce_level == "sequence"
+    assert fusion.fused_linear == "false"
+    assert (
+        parse_train_args(["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o"])[
+            1
+        ].fused_linear
+        == "auto"
+    )
+    with pytest.raises(SystemExit):
+        parse_train_args(["--model_name_or_path", "m", "--data_path", "d", "--output_dir", "o",
+                          "--fused_linear", "maybe"])  # fmt: skip
     assert train.gradient_accumulation_steps == 4 and train.bf16 and train.optim == "adafactor"
 
 

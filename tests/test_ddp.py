@@ -1,7 +1,8 @@
 """2-process DDP on CPU (torchrun, gloo): FusionTrainer needs nothing special to scale out.
 
-The ranks must end with identical weights and logs, must have trained on different blocks, and
-must match one process training on the same global batches.
+The ranks train with the LM-head fused loss (LinearFusionLoss, the default for a plain linear
+head). They must end with identical weights and logs, must have trained on different blocks, and
+must match one process training on the same global batches with the logits path (FusionLoss).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ WORKER = textwrap.dedent(
     trainer = FusionTrainer(model=model, args=args, train_dataset=load_from_disk(data).with_format("numpy"),
                             data_collator=Recording(0), fusion_args=FusionArguments(lm_weight=0.5))
     trainer.train()
+    assert trainer.fused_head is True, "the fused head path was not used"
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
         json.dump({{"world": int(os.environ["WORLD_SIZE"]), "params": params.tolist(), "seen": seen,
+                   "fused": trainer.fused_head,
                    "logs": [h for h in trainer.state.log_history if "loss" in h]}}, f)
     """
 )
@@ -91,6 +94,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
+    assert r0["fused"] is True and r1["fused"] is True
     # data parallel: each rank got its own blocks (the loader may prefetch one batch more)
     assert len(r0["seen"]) >= 3 and len(r1["seen"]) >= 3
     flat0 = {tuple(x) for step in r0["seen"][:3] for x in step}
@@ -101,7 +105,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert [h["loss"] for h in r0["logs"]] == [h["loss"] for h in r1["logs"]]
     assert {"clm_loss", "fusion_loss"} <= set(r0["logs"][0])
 
-    # one process on the same global batches (2 ranks x 2 = 4) reaches the same weights
+    # one process on the same global batches (2 ranks x 2 = 4), logits path: the same weights
     from datasets import load_from_disk
 
     model = tiny_lm(seed=5)
@@ -112,7 +116,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
         model=model,
         args=args,
         train_dataset=load_from_disk(data).with_format("numpy"),
-        fusion_args=FusionArguments(lm_weight=0.5),
+        fusion_args=FusionArguments(lm_weight=0.5, fused_linear="false"),
     ).train()
     single = torch.cat([p.detach().flatten() for p in model.parameters()])
     start = torch.cat([p.detach().flatten() for p in tiny_lm(seed=5).parameters()])

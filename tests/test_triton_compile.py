@@ -61,6 +61,11 @@ LOSS_CASES = [
     ("fusionloss", "fp32", 32000, 1, True, 3, 10, True),
     ("fusionloss", "fp16", 128256, 1, True, 3, 10, True),
     ("no_grad_k1", "bf16", 32000, 0, False, 1, 1, False),
+    # duplicate-id sums by sort + segmented scan: S·K up to 2048 (S <= 8, K <= 256)
+    ("fusionloss_sk192", "bf16", 32000, 1, True, 3, 64, True),
+    ("fusionloss_sk512", "bf16", 128256, 2, True, 8, 64, True),
+    ("fusionloss_sk2048", "bf16", 128256, 1, True, 8, 256, True),
+    ("fusionloss_sk2048", "fp32", 32000, 2, True, 8, 256, True),
 ]
 
 
@@ -94,7 +99,7 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
         HAS_LABELS=labels,
         WANT_GRAD=want_grad,
         SB=next_pow2(S),
-        MB=next_pow2(S * K),
+        KB=next_pow2(K),
         BLOCK_V=cfg["BLOCK_V"],
         SINGLE=cfg["SINGLE"],
     )
@@ -117,12 +122,14 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
         wide_st = sum(o.startswith("STG") and o.endswith(".128") for o in ops)
         assert wide_st == 2 * per_thread, (wide_st, ops)  # gradient + zero-fill of inactive rows
     narrow_ld = sum(o.startswith("LDG") and not o.endswith((".128", ".64")) for o in ops)
-    assert narrow_ld <= 32, f"too many scalar loads ({narrow_ld}): logits not vectorised? {ops}"
+    # teacher gathers (ids, logits, student logits at the ids) are scalar: a few per teacher lane
+    teacher_lanes = next_pow2(S) * next_pow2(K) // (32 * cfg["num_warps"])
+    assert narrow_ld <= 32 + 4 * teacher_lanes, f"too many scalar loads ({narrow_ld}): not vectorised? {ops}"
     assert regs <= 255
 
 
 @pytest.mark.parametrize("arch", [90, 80])
-@pytest.mark.parametrize("S,K", [(3, 10), (1, 1)])
+@pytest.mark.parametrize("S,K", [(3, 10), (1, 1), (8, 256)])
 def test_merge_kernel_compiles(arch, S, K, tmp_path):
     types = {
         "ids_ptr": "*i32",
@@ -134,7 +141,7 @@ def test_merge_kernel_compiles(arch, S, K, tmp_path):
         "K": "i32",
         "inv_temp": "fp32",
     }
-    const = dict(METHOD=1, SB=next_pow2(S), MB=next_pow2(S * K))
+    const = dict(METHOD=1, SB=next_pow2(S), KB=next_pow2(K))
     for n, v in (("S", S), ("K", K)):
         if v == 1:
             const[n] = 1

@@ -55,9 +55,9 @@ def check_shape(t: torch.Tensor, shape: Sequence[int | None], name: str, what: s
         raise ValueError(f"{name} must have shape {want}{what}, got {list(t.shape)}")
 
 
-def check_device(t: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+def check_device(t: torch.Tensor, ref: torch.Tensor, name: str, ref_name: str = "student_logits") -> None:
     if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but student_logits is on {ref.device}")
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
 def check_logits(x: object, name: str, ndim: int) -> torch.Tensor:
@@ -70,7 +70,13 @@ def check_logits(x: object, name: str, ndim: int) -> torch.Tensor:
 
 
 def check_topk(
-    ids: object, logits: object, lead: Sequence[int], ref: torch.Tensor, ids_name: str, logits_name: str
+    ids: object,
+    logits: object,
+    lead: Sequence[int],
+    ref: torch.Tensor,
+    ids_name: str,
+    logits_name: str,
+    ref_name: str = "student_logits",
 ) -> None:
     """ids/logits: integer/float tensors of identical shape ``[*lead, K]`` (K >= 1) on ref's device."""
     ids = check_int(ids, ids_name)
@@ -86,8 +92,16 @@ def check_topk(
             f"{logits_name} must have the same shape as {ids_name} {list(ids.shape)}, "
             f"got {list(logits.shape)}"
         )
-    check_device(ids, ref, ids_name)
-    check_device(logits, ref, logits_name)
+    check_device(ids, ref, ids_name, ref_name)
+    check_device(logits, ref, logits_name, ref_name)
+
+
+def check_sources(ids: torch.Tensor, name: str = "teacher_ids") -> int:
+    """S = ids.shape[-2] must be >= 1 (no source to merge is a caller bug, not an empty answer)."""
+    S = ids.shape[-2]
+    if S < 1:
+        raise ValueError(f"{name} must have at least one source (S >= 1), got shape {list(ids.shape)}")
+    return S
 
 
 def check_mask(mask: object, n: int, ref: torch.Tensor, name: str = "ignore_mask") -> torch.Tensor:

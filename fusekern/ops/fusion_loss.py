@@ -51,7 +51,7 @@ def fusion_loss(
     V_.check_int(teacher_ids, "teacher_ids")
     if teacher_ids.dim() != 3:
         raise ValueError(f"teacher_ids must have shape [N, S, K], got {list(teacher_ids.shape)}")
-    S = teacher_ids.shape[1]
+    S = V_.check_sources(teacher_ids)
     V_.check_topk(teacher_ids, teacher_logits, (N, S), x, "teacher_ids", "teacher_logits")
     V_.check_float(source_ce, "source_ce")
     V_.check_shape(source_ce, [N, S], "source_ce", " (matching teacher_ids [N, S, K])")

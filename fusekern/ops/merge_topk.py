@@ -51,37 +51,64 @@ if HAS_TRITON:
     @triton.jit
     def _merged_teacher(
         ids_ptr, lg_ptr, ce_ptr, row, S, K, V, inv_temp,
-        METHOD: tl.constexpr, SB: tl.constexpr, MB: tl.constexpr,
+        METHOD: tl.constexpr, SB: tl.constexpr, KB: tl.constexpr, BOUNDED: tl.constexpr,
     ):  # fmt: skip
-        """One position's merged sparse teacher, kept flat: entry m = s·K + k of the contiguous
-        [N, S, K] inputs, MB = next_pow2(S·K) lanes. Returns (ids in their stored dtype, valid,
-        P = w_s·softmax_s(logits·inv_temp) over valid entries (0 elsewhere), offsets, in-bounds).
-        Per-source reductions use an [SB, MB] membership tile (tiny), so no reshapes are needed."""
-        m = tl.arange(0, MB)
-        inb = m < S * K
-        off = row.to(tl.int64) * (S * K) + m
+        """One position's merged sparse teacher as an [SB, KB] tile (source s, entry k) of the
+        contiguous [N, S, K] inputs; SB/KB = next_pow2(S/K). Returns (ids in their stored dtype,
+        valid, P = w_s·softmax_s(logits / T) over valid entries (0 elsewhere), offsets, in-bounds).
+        Ids must be in [0, V) to be valid (``BOUNDED``), else only >= 0 (merge_topk: any int64 id).
+
+        The softmax subtracts the source's max logit *before* applying 1/T, and the max entries
+        are 0 exactly, so a tiny temperature (1/T or logits/T overflowing) gives the T → 0 limit
+        (mass on the max entries), never inf − inf = NaN."""
+        s_idx = tl.arange(0, SB)[:, None]
+        k_idx = tl.arange(0, KB)[None, :]
+        inb = (s_idx < S) & (k_idx < K)
+        off = row.to(tl.int64) * (S * K) + s_idx * K + k_idx
         ids = tl.load(ids_ptr + off, mask=inb, other=-1)
-        valid = inb & (ids >= 0) & (ids < V)
-        z = tl.load(lg_ptr + off, mask=valid, other=0.0).to(tl.float32) * inv_temp
-        z = tl.where(valid, z, float("-inf"))
-        grp = ((m // K)[None, :] == tl.arange(0, SB)[:, None]) & valid[None, :]  # [SB, MB]
-        present = tl.sum(grp.to(tl.int32), axis=1) > 0
-        zmax = tl.where(present, tl.max(tl.where(grp, z[None, :], float("-inf")), axis=1), 0.0)
-        e = tl.where(valid, tl.exp(z - tl.sum(tl.where(grp, zmax[:, None], 0.0), axis=0)), 0.0)
-        den = tl.sum(tl.where(grp, e[None, :], 0.0), axis=1)
+        valid = inb & (ids >= 0)
+        if BOUNDED:
+            valid = valid & (ids < V)
+        z = tl.where(valid, tl.load(lg_ptr + off, mask=valid, other=0.0).to(tl.float32), float("-inf"))
+        present = tl.sum(valid.to(tl.int32), axis=1) > 0  # [SB]
+        zmax = tl.where(present, tl.max(z, axis=1), 0.0)
+        d = z - zmax[:, None]
+        e = tl.where(valid, tl.exp(tl.where(d == 0.0, 0.0, d * inv_temp)), 0.0)
+        den = tl.sum(e, axis=1)
         w = _source_weights(ce_ptr, row, S, present, METHOD, SB)
         scale = w / tl.where(present, den, 1.0)
-        P = e * tl.sum(tl.where(grp, scale[:, None], 0.0), axis=0)
+        P = e * scale[:, None]
         return ids, valid, P, off, inb
+
+    @triton.jit
+    def _seg_sum(a_s, a_id, b_s, b_id):
+        # summary of a range of the sorted list = (sum over entries equal to its last id, last id);
+        # associative on sorted input
+        return b_s + tl.where(a_id == b_id, a_s, 0.0), b_id
+
+    @triton.jit
+    def _sorted_teacher(ids, valid, P, MB: tl.constexpr):
+        """Flatten the [SB, KB] teacher tile to MB = SB·KB lanes sorted by id and give each lane
+        the merged probability of its id (duplicates across sources add): a sort of packed
+        (id, P) keys and two segmented scans, O(MB log² MB) work in registers instead of an
+        MB×MB comparison tile. Padding lanes get id −1 and P 0."""
+        idv = tl.where(valid, ids.to(tl.int64), -1)
+        key = (idv << 32) | (P.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF)
+        key = tl.sort(tl.reshape(key, [MB]))
+        ids_s = (key >> 32).to(tl.int32)
+        P_s = (key & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+        pre, _i0 = tl.associative_scan((P_s, ids_s), 0, _seg_sum)
+        suf, _i1 = tl.associative_scan((P_s, ids_s), 0, _seg_sum, reverse=True)
+        return ids_s, P_s, pre + suf - P_s
 
     @triton.jit
     def _merge_topk_kernel(
         ids_ptr, lg_ptr, ce_ptr, out_ids_ptr, out_p_ptr, S, K, inv_temp,
-        METHOD: tl.constexpr, SB: tl.constexpr, MB: tl.constexpr,
+        METHOD: tl.constexpr, SB: tl.constexpr, KB: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0)
         ids, valid, P, off, inb = _merged_teacher(
-            ids_ptr, lg_ptr, ce_ptr, row, S, K, 2147483647, inv_temp, METHOD, SB, MB
+            ids_ptr, lg_ptr, ce_ptr, row, S, K, 0, inv_temp, METHOD, SB, KB, False
         )
         keep = valid & (P > 0)
         tl.store(out_ids_ptr + off, tl.where(keep, ids, -1), mask=inb)
@@ -106,9 +133,12 @@ def merge_probs_torch(
     """
     valid = ids >= 0
     present = valid.any(-1)
-    z = (logits.to(acc) * (1.0 / temperature)).masked_fill(~valid, float("-inf"))
+    z = logits.to(acc).masked_fill(~valid, float("-inf"))
     zmax = z.amax(-1, keepdim=True).masked_fill(~present[..., None], 0.0)
-    e = torch.exp(z - zmax).masked_fill(~valid, 0.0)
+    # shift before scaling by 1/T, max entries exactly 0: a tiny T gives the T -> 0 limit, not NaN
+    d = z - zmax
+    d = torch.where(d == 0, d, d * (1.0 / temperature))
+    e = torch.exp(d).masked_fill(~valid, 0.0)
     p = e / e.sum(-1, keepdim=True).masked_fill(~present[..., None], 1.0)
     if method is None:
         w = present.to(acc)
@@ -155,6 +185,7 @@ def merge_topk(
     if teacher_ids.dim() != 3:
         raise ValueError(f"teacher_ids must have shape [N, S, K], got {list(teacher_ids.shape)}")
     N, S, K = teacher_ids.shape
+    V_.check_sources(teacher_ids)
     V_.check_topk(teacher_ids, teacher_logits, (N, S), teacher_ids, "teacher_ids", "teacher_logits")
     V_.check_float(source_ce, "source_ce")
     V_.check_shape(source_ce, [N, S], "source_ce", " (matching teacher_ids [N, S, K])")
@@ -189,7 +220,7 @@ def merge_topk(
         1.0 / temp,
         METHOD=METHOD_CODE[method],
         SB=next_pow2(S),
-        MB=next_pow2(S * K),
+        KB=next_pow2(K),
         num_warps=1,
     )
     return out_ids, out_p

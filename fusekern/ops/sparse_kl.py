@@ -14,7 +14,7 @@ This module is the engine shared by all three loss entry points (``sparse_kl_los
   Backward only scales this gradient.
 - ``_torch_rows`` (PyTorch): the same computation chunked over rows, so the only O(N·V) memory is
   the gradient itself (plus an fp32 chunk buffer for 16-bit logits).
-- ``_PrecomputedGrad``: the autograd.Function that returns the stored gradient in backward.
+- ``PrecomputedGrad``: the autograd.Function that returns the stored gradient(s) in backward.
 
 Gradient storage: a separate ``[N, V]`` buffer in the logits' dtype, not written over the
 logits: overwriting a tensor the caller (or the HF model output) still holds would be silently
@@ -24,7 +24,7 @@ that flows on to ``lm_head`` — nothing beyond it is allocated.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -40,7 +40,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .merge_topk import _merged_teacher
+    from .merge_topk import _merged_teacher, _sorted_teacher
 
     @triton.jit
     def _nonfinite(x):
@@ -60,7 +60,7 @@ if HAS_TRITON:
         loss_ptr, lm_ptr, bad_ptr,
         x_stride, g_stride, V, S, K, inv_temp,
         METHOD: tl.constexpr, KL: tl.constexpr, HAS_LABELS: tl.constexpr, WANT_GRAD: tl.constexpr,
-        SB: tl.constexpr, MB: tl.constexpr, BLOCK_V: tl.constexpr, SINGLE: tl.constexpr,
+        SB: tl.constexpr, KB: tl.constexpr, BLOCK_V: tl.constexpr, SINGLE: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0)
         # row flags first (two scalar loads), so the big logits load does not wait for the
@@ -86,27 +86,24 @@ if HAS_TRITON:
         if active:
             if SINGLE:  # whole row into registers; in flight while the teacher is built
                 xs = tl.load(x_row + offs, mask=offs < V, other=float("-inf"))
-            # ---- merged sparse teacher of this row (flat [MB] lanes) ----------------------
-            ids, valid, P, _off, _inb = _merged_teacher(
-                ids_ptr, tlg_ptr, ce_ptr, row, S, K, V, inv_temp, METHOD, SB, MB
+            # ---- merged sparse teacher of this row, sorted by id ---------------------------
+            ids2, valid2, P2, _off, _inb = _merged_teacher(
+                ids_ptr, tlg_ptr, ce_ptr, row, S, K, V, inv_temp, METHOD, SB, KB, True
             )
-            ids = tl.where(valid, ids.to(tl.int32), -1)
+            # lanes sorted by id; Pm = merged probability of the lane's id (duplicates add)
+            ids, P, Pm = _sorted_teacher(ids2, valid2, P2, SB * KB)
             ok = ids >= 0
             safe = tl.where(ok, ids, 0)
-            # merged probability at each entry's id (duplicates add): KL entropy and grad
-            Pm = tl.sum(tl.where(ids[:, None] == ids[None, :], P[None, :], 0.0), axis=1)
             x_ids = tl.load(x_row + safe, mask=ok, other=0.0).to(tl.float32)
             x_lab = tl.load(x_row + lab_safe, mask=lab_ok, other=0.0).to(tl.float32)
-            # ---- logsumexp (fp32) and c·softmax into the gradient ---------------------------
+            # ---- logsumexp (fp32) ------------------------------------------------------------
             if SINGLE:
                 x = _flag_nonfinite(xs.to(tl.float32), offs < V)
                 mx = tl.max(x, axis=0)
                 e = tl.exp(x - mx)
                 ssum = tl.sum(e, axis=0)
                 lse = mx + tl.log(ssum)
-                if WANT_GRAD:
-                    tl.store(g_row + offs, (e * (c / ssum)).to(g_row.dtype.element_ty), mask=offs < V)
-            else:  # online logsumexp over BLOCK_V blocks, then a second (L2-hot) read
+            else:  # online logsumexp over BLOCK_V blocks
                 mx = float("-inf")
                 ssum = 0.0
                 for start in range(0, V, BLOCK_V):
@@ -118,19 +115,25 @@ if HAS_TRITON:
                     ssum = ssum * tl.exp(mx - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
                     mx = m_new
                 lse = mx + tl.log(ssum)
-                if WANT_GRAD:
-                    for start in range(0, V, BLOCK_V):
-                        cols = start + offs
-                        msk = cols < V
-                        x = tl.load(x_row + cols, mask=msk, other=0.0, eviction_policy="evict_first")
-                        g = tl.exp(x.to(tl.float32) - lse) * c
-                        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=msk)
             bad = _nonfinite(lse).to(tl.int32)
             fus = lse - tl.sum(P * x_ids, axis=0)
             if KL:
                 fus += tl.sum(P * tl.log(tl.where(P > 0, Pm, 1.0)), axis=0)
             lm = lse - x_lab
             if WANT_GRAD:
+                # g_ptr may alias x_ptr (LinearFusionLoss writes the gradient over its logits
+                # chunk): every read of the row's teacher/label columns above is complete before
+                # any thread of the program stores
+                tl.debug_barrier()
+                if SINGLE:
+                    tl.store(g_row + offs, (e * (c / ssum)).to(g_row.dtype.element_ty), mask=offs < V)
+                else:  # second read, L2-hot; in place each lane reads its element before writing it
+                    for start in range(0, V, BLOCK_V):
+                        cols = start + offs
+                        msk = cols < V
+                        x = tl.load(x_row + cols, mask=msk, other=0.0, eviction_policy="evict_first")
+                        g = tl.exp(x.to(tl.float32) - lse) * c
+                        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=msk)
                 # fix the teacher / label columns; the barrier orders them after the dense stores
                 # of other threads. Every store to one address carries the same value (duplicate
                 # ids share Pm); the label column is written only by the label store.
@@ -162,21 +165,116 @@ else:  # pragma: no cover
 # PyTorch path
 # --------------------------------------------------------------------------------------------
 def _chunk_rows(V: int, device: torch.device) -> int:
-    """Rows per chunk of the PyTorch path (extra memory is O(chunk × V)).
+    """Rows per chunk of the PyTorch row pass (extra memory is O(chunk × V)).
 
-    CPU, one thread: ~1M elements (4 MB fp32) keeps the softmax/scale passes in cache.
+    CPU, one thread: ~1M elements (4 MB fp32), so that after the first read every pass over the
+    chunk hits the cache (2.2x faster than 16M-element chunks on a quiet 2-core machine).
     CPU, several threads: every full-width op is a parallel region ending in a barrier, and on a
-    shared machine a barrier waits for a descheduled thread (a scheduler tick), so use few, large
-    chunks (~16M elements, 64 MB fp32): measured 3x faster than 1M-element chunks at 2 threads on
-    a loaded 2-core machine. CUDA: large chunks amortise kernel launches.
+    busy machine a barrier waits for a descheduled thread, so few large chunks (~64M elements;
+    FusionLoss at N=4096, V=32000, 2 threads, loaded 2-core machine: 1M-element chunks 6.7 s,
+    16M 1.4–2.1 s, 64M 1.2–1.3 s). Only 16-bit logits pay for it in memory (an fp32 chunk).
+    CUDA: large chunks amortise kernel launches.
     """
     if device.type != "cpu":
         target = 1 << 25
     elif torch.get_num_threads() > 1:
-        target = 1 << 24
+        target = CPU_CHUNK_ELEMS_THREADED
     else:
-        target = 1 << 20
+        target = CPU_CHUNK_ELEMS
     return max(1, target // max(V, 1))
+
+
+CPU_CHUNK_ELEMS = 1 << 20
+CPU_CHUNK_ELEMS_THREADED = 1 << 26
+
+
+def teacher_entropy(ids: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """``Σ_v p_v log p_v`` per row of a sparse teacher whose ids may repeat (their probabilities
+    add): sort each row, sum the segments of equal ids, ``xlogy`` the totals. ids/P ``[N, M]``
+    (padding: any negative id with P 0). O(N·M log M), instead of an M×M comparison per row."""
+    if ids.shape[1] == 0:
+        return P.new_zeros(P.shape[0])
+    srt, order = ids.sort(1)
+    Ps = P.gather(1, order)
+    new = torch.ones_like(srt, dtype=torch.bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    seg = new.cumsum(1) - 1
+    tot = torch.zeros_like(Ps).scatter_add_(1, seg, Ps)
+    return torch.xlogy(tot, tot).sum(1)
+
+
+def gather_columns(
+    x: torch.Tensor, sc: torch.Tensor, lab: torch.Tensor | None, acc: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The logits at the teacher columns sc [R, M] and label column lab [R, 1] (or None) of rows
+    ``x`` [R, V], in ``acc``, and the largest of them per row with its column: (x_ids [R, M],
+    x_lab [R] or None, ref [R], ref_col [R, 1]). Every gathered column is a real column
+    (padding entries read column 0)."""
+    x_ids = x.gather(1, sc).to(acc)
+    cand, cols = x_ids, sc
+    x_lab = None
+    if lab is not None:
+        x_lab = x.gather(1, lab).to(acc)
+        cand, cols = torch.cat([cand, x_lab], 1), torch.cat([sc, lab], 1)
+        x_lab = x_lab[:, 0]
+    ref, j = cand.max(1)
+    return x_ids, x_lab, ref, cols.gather(1, j[:, None])
+
+
+def torch_row_chunk(
+    xc: torch.Tensor,
+    w: torch.Tensor,
+    sc: torch.Tensor,
+    Pc: torch.Tensor,
+    lab: torch.Tensor | None,
+    ac: torch.Tensor,
+    bc: torch.Tensor,
+    scale: bool,
+    ref: torch.Tensor,
+    ref_col: torch.Tensor,
+    recompute: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The row pass over one chunk: logits ``xc`` [C, V] → gradient in ``w`` [C, V] (``w`` may
+    be ``xc`` itself: then ``recompute(rows)`` must give those rows' logits again).
+
+    sc [C, M] teacher ids (≥ 0, padding entries have P 0), Pc [C, M] merged probabilities, lab
+    [C, 1] label column or None, ac/bc [C] CLM / distillation coefficients (0 where a term does
+    not count), ref/ref_col from :func:`gather_columns`. ``scale=True`` writes
+    ``c·softmax − b·P − a·onehot`` (c = a + b); ``scale=False`` writes it divided by c (rows with
+    c = 0 must not be passed), so the caller can apply c to a much smaller tensor
+    (LinearFusionLoss scales the [C, H] matmul operands instead).
+    Returns (lse [C], bad [C] = row holds NaN/±inf).
+
+    Full-width work: a row sum (NaN/±inf make it non-finite; suspects are re-checked exactly, so
+    a finite row that overflows the sum is not flagged) and the fused row-wise ``softmax``, plus
+    the scale when asked; no separate max pass. The logsumexp comes from the softmax at the
+    largest gathered logit: ``lse = x_j − log softmax_j``, exact while softmax_j ≥ 1e-30 (a
+    normal float); other rows (rare) get ``logsumexp`` of their logits (re-read or recomputed).
+    """
+    acc = w.dtype
+    bad = ~torch.isfinite(xc.sum(1, dtype=acc))
+    if bool(bad.any()):  # rare: exact check of the suspects, before xc may be overwritten
+        r = bad.nonzero()[:, 0]
+        bad[r] = ~torch.isfinite(xc[r]).all(1)
+    torch.softmax(xc, 1, dtype=acc if xc.dtype != acc else None, out=w)
+    w_ref = w.gather(1, ref_col)[:, 0]
+    lse = ref - w_ref.log()
+    far = ~(w_ref >= 1e-30)
+    if bool(far.any()):
+        r = far.nonzero()[:, 0]
+        src = recompute(r) if w.data_ptr() == xc.data_ptr() and recompute is not None else xc[r]
+        lse[r] = torch.logsumexp(src.to(acc), 1)
+    if scale:
+        w.mul_((ac + bc)[:, None])
+        w.scatter_add_(1, sc, -(bc[:, None] * Pc))
+        if lab is not None:
+            w.scatter_add_(1, lab, -ac[:, None])
+    else:
+        inv = 1.0 / (ac + bc)
+        w.scatter_add_(1, sc, -((bc * inv)[:, None] * Pc))
+        if lab is not None:
+            w.scatter_add_(1, lab, -(ac * inv)[:, None])
+    return lse, bad
 
 
 def _torch_rows(
@@ -190,120 +288,114 @@ def _torch_rows(
     want_grad: bool,
     chunk_rows: int | None = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-row losses and the gradient, chunked over rows.
+    """Per-row losses and the gradient of ``x`` [N, V], chunked over rows (:func:`torch_row_chunk`).
 
     ids [N, M] (negative = padding), P [N, M] merged probabilities (0 at padding), use [N] rows
     whose distillation term counts, labels [N] (negative = none), coef [2] = (b, a).
-    Returns (fus [N], lm [N], bad [N], grad [N, V] or None).
-
-    Per chunk only four full-width ops run — a row sum (non-finite check), a row max, a fused
-    ``softmax`` written straight into the gradient rows, and the coefficient scale — because on a
-    busy machine every parallel region costs a barrier; the teacher columns are then fixed with a
-    scatter_add (duplicates add, as in the dense recipe).
+    Returns (fus [N], lm [N], bad [N], grad [N, V] or None). Rows that contribute nothing get a
+    zero gradient row and are never flagged.
     """
     N, V = x.shape
     acc = P.dtype
     dev = x.device
-    on_cpu = dev.type == "cpu"
-    fus = torch.zeros(N, dtype=acc, device=dev)
     lm = torch.zeros(N, dtype=acc, device=dev)
-    suspect = torch.zeros(N, dtype=torch.bool, device=dev)
+    bad = torch.zeros(N, dtype=torch.bool, device=dev)
     grad = torch.empty((N, V), dtype=x.dtype, device=dev) if want_grad else None
     lab_ok = labels >= 0 if labels is not None else torch.zeros(N, dtype=torch.bool, device=dev)
     active = use | lab_ok
     b_row = torch.where(use, coef[0].to(acc), 0.0)
     a_row = torch.where(lab_ok, coef[1].to(acc), 0.0)
     safe = ids.clamp_min(0).long()
+    ent = teacher_entropy(ids, P) if kl else None
     lab_safe = labels.clamp_min(0).long()[:, None] if labels is not None else None
     C = chunk_rows or _chunk_rows(V, dev)
     lowp = x.dtype != acc
-    buf = torch.empty((min(C, N), V), dtype=acc, device=dev) if (lowp and N) else None
+    buf = torch.empty((min(C, N), V), dtype=acc, device=dev) if (lowp or not want_grad) and N else None
+    on_cpu = dev.type == "cpu"
+    # the few columns each row needs, for all rows at once (few small ops on a busy machine)
+    x_ids, x_lab, ref, ref_col = gather_columns(x, safe, lab_safe, acc)
+    lse = torch.zeros(N, dtype=acc, device=dev)
     for r0 in range(0, N, C):
         r1 = min(N, r0 + C)
         act = active[r0:r1]
-        if on_cpu and not bool(act.any()):
+        if on_cpu and not bool(act.any()):  # a chunk with nothing to do: zero gradient only
             if want_grad:
                 grad[r0:r1].zero_()
             continue
-        xc = x[r0:r1]
-        # a NaN/inf makes the row sum non-finite; a finite row can only overflow it with
-        # |logits| ~ 1e34, so suspects are re-checked exactly below
-        suspect[r0:r1] = act & ~torch.isfinite(xc.sum(1, dtype=acc))
-        mx, am = torch.max(xc, dim=1)
-        w = buf[: r1 - r0] if lowp else grad[r0:r1] if want_grad else torch.empty_like(xc)
-        torch.softmax(xc, 1, dtype=acc if lowp else None, out=w)
-        # softmax at the argmax is exp(0)/Σexp(x − max), so lse = max − log(that entry)
-        lse = mx.to(acc) - w.gather(1, am[:, None])[:, 0].log()
-        sc, Pc = safe[r0:r1], P[r0:r1]
-        f = lse - (Pc * xc.gather(1, sc).to(acc)).sum(1)
-        if kl:
-            Pm = ((sc[:, :, None] == sc[:, None, :]) * Pc[:, None, :]).sum(-1)
-            f = f + torch.xlogy(Pc, Pm).sum(1)
-        fus[r0:r1] = torch.where(use[r0:r1], f, 0.0)
-        if labels is not None:
-            l_ = lse - xc.gather(1, lab_safe[r0:r1])[:, 0].to(acc)
-            lm[r0:r1] = torch.where(lab_ok[r0:r1], l_, 0.0)
+        w = buf[: r1 - r0] if buf is not None else grad[r0:r1]
+        lse[r0:r1], bad[r0:r1] = torch_row_chunk(
+            x[r0:r1], w, safe[r0:r1], P[r0:r1], lab_safe[r0:r1] if labels is not None else None,
+            a_row[r0:r1], b_row[r0:r1], True, ref[r0:r1], ref_col[r0:r1],
+        )  # fmt: skip
         if want_grad:
-            bc, ac = b_row[r0:r1], a_row[r0:r1]
-            w.mul_((ac + bc)[:, None])
-            w.scatter_add_(1, sc, -(bc[:, None] * Pc))
-            if labels is not None:
-                w.scatter_add_(1, lab_safe[r0:r1], -ac[:, None])
-            if not on_cpu or not bool(act.all()):
-                w.masked_fill_(~act[:, None], 0.0)
-            if lowp:
+            # rows that contribute nothing: zero (their coefficient is 0, but their logits may
+            # hold NaN/inf); only those rows are written
+            idle = (~act).nonzero()[:, 0] if not on_cpu or not bool(act.all()) else None
+            if idle is not None and idle.numel():
+                w.index_fill_(0, idle, 0)
+            if buf is not None:
                 grad[r0:r1].copy_(w)
-    bad = suspect
-    if bool(suspect.any()):  # rare: exact check of the suspect rows only
-        rows = suspect.nonzero()[:, 0]
-        bad = torch.zeros_like(suspect)
-        bad[rows] = ~torch.isfinite(x[rows]).all(1)
+    bad &= active
+    f = lse - (P * x_ids).sum(1)
+    if kl:
+        f = f + ent
+    fus = torch.where(use, f, 0.0)
+    if labels is not None:
+        lm = torch.where(lab_ok, lse - x_lab, 0.0)
     return fus, lm, bad, grad
 
 
 # --------------------------------------------------------------------------------------------
 # autograd
 # --------------------------------------------------------------------------------------------
-class _PrecomputedGrad(torch.autograd.Function):
-    """Loss whose gradient w.r.t. the logits was computed in forward; backward scales it.
+class PrecomputedGrad(torch.autograd.Function):
+    """Loss whose gradients w.r.t. its inputs were computed in forward; backward scales them.
 
-    The gradient is kept with ``save_for_backward`` so autograd frees it right after this node's
-    backward (it is not held through the rest of the model's backward), and a leaf's
-    ``AccumulateGrad`` can adopt it without a copy.
-    Scalar losses: the first backward scales the stored gradient in place (no copy; the common
-    ``loss.backward()`` with grad 1 returns it untouched); later backwards (retain_graph,
+    ``PrecomputedGrad.apply(run, *inputs)``: ``run()`` returns ``(loss, grads)`` with one
+    gradient (or None) per input. The gradients are kept with ``save_for_backward`` so autograd
+    frees them right after this node's backward, and a leaf's ``AccumulateGrad`` can adopt them
+    without a copy.
+    Scalar losses: the first backward scales the stored gradients in place (no copy; the common
+    ``loss.backward()`` with grad 1 returns them untouched); later backwards (retain_graph,
     gradcheck) scale out of place so tensors handed out earlier are never modified.
-    ``reduction="none"``: always ``grad * grad_output[:, None]`` out of place.
+    ``reduction="none"`` (one input): always ``grad * grad_output[:, None]`` out of place.
     """
 
     @staticmethod
-    def forward(ctx, x, run):  # type: ignore[override]
-        loss, grad = run()
-        ctx.save_for_backward(grad)
+    def forward(ctx, run, *inputs):  # type: ignore[override]
+        loss, grads = run()
+        ctx.present = [g is not None for g in grads]
+        ctx.save_for_backward(*[g for g in grads if g is not None])
         ctx.per_row = loss.dim() == 1
         ctx.factor = None  # scale applied in place so far (None = untouched)
         return loss
 
     @staticmethod
+    def _out(ctx, gs):
+        it = iter(gs)
+        return (None, *[next(it) if p else None for p in ctx.present])
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
-        (g,) = ctx.saved_tensors
+        gs = ctx.saved_tensors
         if ctx.per_row:
-            return g * go.to(g.dtype)[:, None], None
+            return PrecomputedGrad._out(ctx, [g * go.to(g.dtype)[:, None] for g in gs])
         if ctx.factor is None:
             if bool(go == 1):
                 ctx.factor = torch.ones_like(go)
-                return g, None
+                return PrecomputedGrad._out(ctx, gs)
             if bool(go == 0):
-                return torch.zeros_like(g), None
+                return PrecomputedGrad._out(ctx, [torch.zeros_like(g) for g in gs])
             ctx.factor = go.detach().clone()
-            # .data: scale in place without bumping the saved tensor's version counter, so a
-            # retained graph can still unpack it (its scale is tracked in ctx.factor)
-            g.data.mul_(go.to(g.dtype))
-            return g, None
+            # .data: scale in place without bumping the saved tensors' version counters, so a
+            # retained graph can still unpack them (their scale is tracked in ctx.factor)
+            for g in gs:
+                g.data.mul_(go.to(g.dtype))
+            return PrecomputedGrad._out(ctx, gs)
         if bool(go == ctx.factor):
-            return g, None
-        return g * (go / ctx.factor).to(g.dtype), None
+            return PrecomputedGrad._out(ctx, gs)
+        return PrecomputedGrad._out(ctx, [g * (go / ctx.factor).to(g.dtype) for g in gs])
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,35 +426,12 @@ def sparse_loss(
     """
     N, Vn = x.shape
     impl = resolve_backend(backend, x, _sparse_loss_kernel)
-    checks = V_.value_checks(
-        ids=ids,
-        logits=tlg,
-        ids_name=names["ids"],
-        logits_name=names["logits"],
-        vocab=Vn,
-        ce=ce if method is not None else None,
-        ce_name=names.get("ce", "source_ce"),
-        labels=labels,
-        labels_name=names.get("labels", "labels"),
-    )
+    checks = teacher_checks(ids, tlg, ce, labels, Vn, method, names)
     if impl == "torch":  # it indexes with the ids: check them first
         V_.raise_failed(checks)
         checks = []
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    dev = x.device
-
-    use = (ids >= 0).flatten(1).any(1) if ids.numel() else torch.zeros(N, dtype=torch.bool, device=dev)
-    if keep is not None:
-        use = use & keep
-    n_f = use.sum().to(acc)
-    if labels is not None:
-        lab = torch.where(labels == V_.IGNORE_INDEX, -1, labels).to(torch.int32)
-        n_lm = (lab >= 0).sum().to(acc)
-        coef = torch.stack([(1.0 - lm_weight) / n_f.clamp_min(1), lm_weight / n_lm.clamp_min(1)])
-    else:
-        lab = None
-        b = 1.0 / n_f.clamp_min(1) if reduction == "mean" else torch.ones((), dtype=acc, device=dev)
-        coef = torch.stack([b, torch.zeros((), dtype=acc, device=dev)])
+    plan = RowPlan(ids, keep, labels, lm_weight, reduction, acc)
     want_grad = torch.is_grad_enabled() and x.requires_grad
     extras: Dict[str, torch.Tensor] = {}
 
@@ -370,17 +439,7 @@ def sparse_loss(
         xd = x.detach()
         if impl == "triton":
             fus, lm, bad, grad = _triton_rows(
-                xd,
-                ids,
-                tlg,
-                ce,
-                use,
-                lab,
-                coef,
-                method,
-                temperature,
-                kl,
-                want_grad,
+                xd, ids, tlg, ce, plan.use, plan.lab, plan.coef, method, temperature, kl, want_grad
             )
         else:
             P, _ = merge_probs_torch(ids, tlg, ce, method, temperature, acc)
@@ -388,30 +447,90 @@ def sparse_loss(
                 xd,
                 torch.where(ids >= 0, ids.long(), -1).flatten(1),
                 P.flatten(1),
-                use,
-                lab,
-                coef,
+                plan.use,
+                plan.lab,
+                plan.coef,
                 kl,
                 want_grad,
             )
         V_.raise_failed(checks, bad, names.get("x", "student_logits"))  # the one sync
-        fus = fus.to(acc)
-        fsum = fus.sum()
-        extras["distill"] = (fsum / n_f.clamp_min(1)).detach()
-        if labels is not None:
-            extras["clm"] = (lm.to(acc).sum() / n_lm.clamp_min(1)).detach()
-            loss = lm_weight * extras["clm"] + (1.0 - lm_weight) * extras["distill"]
-        elif reduction == "none":
-            loss = fus
-        elif reduction == "sum":
-            loss = fsum
-        else:
-            loss = extras["distill"].clone()
-        return loss, grad
+        return plan.finish(fus, lm, extras), (grad,)
 
     if not want_grad:
         return run()[0], extras
-    return _PrecomputedGrad.apply(x, run), extras
+    return PrecomputedGrad.apply(run, x), extras
+
+
+def teacher_checks(
+    ids: torch.Tensor,
+    tlg: torch.Tensor,
+    ce: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    vocab: int,
+    method: str | None,
+    names: Dict[str, str],
+) -> list:
+    """The value checks of the teacher and labels (still on the device, see ``_validate``)."""
+    return V_.value_checks(
+        ids=ids,
+        logits=tlg,
+        ids_name=names["ids"],
+        logits_name=names["logits"],
+        vocab=vocab,
+        ce=ce if method is not None else None,
+        ce_name=names.get("ce", "source_ce"),
+        labels=labels,
+        labels_name=names.get("labels", "labels"),
+    )
+
+
+class RowPlan:
+    """What is known before any logits row is read: which rows count for the distillation term
+    (``use``), the labels (``lab``, −1 = none), the two counts and the gradient coefficients
+    ``coef = (b, a)`` (the reductions' 1/count folded in). Computed over ALL rows up front, so
+    processing the rows in chunks cannot change the result."""
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        keep: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        lm_weight: float,
+        reduction: str,
+        acc: torch.dtype,
+    ) -> None:
+        N = ids.shape[0]
+        dev = ids.device
+        use = (ids >= 0).flatten(1).any(1) if ids.numel() else torch.zeros(N, dtype=torch.bool, device=dev)
+        self.use = use if keep is None else use & keep
+        self.n_f = self.use.sum().to(acc)
+        self.labels_given = labels is not None
+        self.lm_weight, self.reduction, self.acc = lm_weight, reduction, acc
+        if labels is not None:
+            self.lab = torch.where(labels == V_.IGNORE_INDEX, -1, labels).to(torch.int32)
+            self.n_lm = (self.lab >= 0).sum().to(acc)
+            self.coef = torch.stack(
+                [(1.0 - lm_weight) / self.n_f.clamp_min(1), lm_weight / self.n_lm.clamp_min(1)]
+            )
+        else:
+            self.lab = None
+            one = torch.ones((), dtype=acc, device=dev)
+            b = 1.0 / self.n_f.clamp_min(1) if reduction == "mean" else one
+            self.coef = torch.stack([b, torch.zeros_like(one)])
+
+    def finish(self, fus: torch.Tensor, lm: torch.Tensor, extras: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss from the per-row terms; fills ``extras`` with the detached means."""
+        fus = fus.to(self.acc)
+        fsum = fus.sum()
+        extras["distill"] = (fsum / self.n_f.clamp_min(1)).detach()
+        if self.labels_given:
+            extras["clm"] = (lm.to(self.acc).sum() / self.n_lm.clamp_min(1)).detach()
+            return self.lm_weight * extras["clm"] + (1.0 - self.lm_weight) * extras["distill"]
+        if self.reduction == "none":
+            return fus
+        if self.reduction == "sum":
+            return fsum
+        return extras["distill"].clone()
 
 
 def _triton_rows(
@@ -426,9 +545,11 @@ def _triton_rows(
     temperature: float,
     kl: bool,
     want_grad: bool,
+    grad_out: torch.Tensor | None = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the fused kernel. ``use`` [N] bool: a source is present and the row is not ignored;
-    ``labels`` [N] int32 (-1 = none); ``coef`` [2] = (distill, CLM) gradient coefficients."""
+    ``labels`` [N] int32 (-1 = none); ``coef`` [2] = (distill, CLM) gradient coefficients.
+    ``grad_out``: where to write the gradient (may be ``x`` itself); default a new [N, V] tensor."""
     N, V = x.shape
     S, K = ids.shape[1], ids.shape[2]
     dev = x.device
@@ -438,7 +559,9 @@ def _triton_rows(
     fus = torch.empty(N, dtype=torch.float32, device=dev)
     lm = torch.zeros(N, dtype=torch.float32, device=dev) if labels is None else torch.empty_like(fus)
     bad = torch.empty(N, dtype=torch.int32, device=dev)
-    grad = torch.empty((N, V), dtype=x.dtype, device=dev) if want_grad else None
+    grad = None
+    if want_grad:
+        grad = grad_out if grad_out is not None else torch.empty((N, V), dtype=x.dtype, device=dev)
     if N:
         cfg = launch_config(V, x.element_size())
         g = grad if grad is not None else x  # never written when WANT_GRAD=False
@@ -465,7 +588,7 @@ def _triton_rows(
             HAS_LABELS=labels is not None,
             WANT_GRAD=want_grad,
             SB=next_pow2(S),
-            MB=next_pow2(S * K),
+            KB=next_pow2(K),
             BLOCK_V=cfg["BLOCK_V"],
             SINGLE=cfg["SINGLE"],
             num_warps=cfg["num_warps"],

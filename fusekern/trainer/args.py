@@ -9,6 +9,7 @@ FUSION_METHODS = ("min_ce", "avg_ce")
 CE_LEVELS = ("token", "sequence")
 LOSS_TYPES = ("kl", "ce")
 WEIGHT_SCHEDULES = ("constant", "linear_decay")
+FUSED_LINEAR = ("auto", "true", "false")
 
 
 @dataclass
@@ -62,13 +63,25 @@ class FusionArguments:
         },
     )
 
+    fused_linear: Literal["auto", "true", "false"] = field(
+        default="auto",
+        metadata={
+            "help": "Compute the loss straight from the LM head (LinearFusionLoss: no [B·T, V] logits). "
+            "auto: when the head is a plain linear layer with nothing applied to its logits (else the "
+            "logits path, with one logged line saying why); true: require it; false: logits path."
+        },
+    )
+
     def __post_init__(self) -> None:
         if isinstance(self.lm_weight, bool) or not isinstance(self.lm_weight, (int, float)):
             raise TypeError(f"lm_weight must be a float, got {type(self.lm_weight).__name__}")
         if not 0.0 <= float(self.lm_weight) <= 1.0:
             raise ValueError(f"lm_weight must be in [0, 1], got {self.lm_weight}")
         self.lm_weight = float(self.lm_weight)
+        if isinstance(self.fused_linear, bool):
+            self.fused_linear = "true" if self.fused_linear else "false"
         for name, value, allowed in (
+            ("fused_linear", self.fused_linear, FUSED_LINEAR),
             ("fusion_method", self.fusion_method, FUSION_METHODS),
             ("ce_level", self.ce_level, CE_LEVELS),
             ("loss_type", self.loss_type, LOSS_TYPES),
@@ -76,8 +89,9 @@ class FusionArguments:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if not float(self.teacher_temperature) > 0.0:
-            raise ValueError(f"teacher_temperature must be > 0, got {self.teacher_temperature}")
+        from fusekern.ops._validate import check_temperature
+
+        self.teacher_temperature = check_temperature(self.teacher_temperature)
         if self.fusion_sources is not None:
             if isinstance(self.fusion_sources, str):
                 # a single comma-separated string is accepted for convenience

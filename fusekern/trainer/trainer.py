@@ -8,6 +8,7 @@ usual and the loss is a plain scalar tensor.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Union
 
@@ -16,6 +17,9 @@ from transformers import Trainer
 
 from fusekern.trainer.args import FusionArguments
 from fusekern.trainer.collator import TEACHER_COLUMNS, TEACHER_INPUTS, FusionDataCollator
+from fusekern.trainer.head import fused_head_forward, fused_head_problem, output_head
+
+logger = logging.getLogger("fusekern")
 
 _KEEP_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids", *TEACHER_COLUMNS)
 
@@ -47,7 +51,13 @@ class FusionTrainer(Trainer):
     Without a ``data_collator`` a :class:`FusionDataCollator` is built from ``fusion_args`` and
     ``fusion_meta``. Batches without teacher columns (e.g. an eval set of plain text) get the CLM
     loss only; a *training* batch without them is an error (it would silently skip fusion).
-    Logs ``clm_loss``, ``fusion_loss`` and ``lm_weight`` next to ``loss``.
+    Logs ``clm_loss``, ``fusion_loss`` and ``lm_weight`` next to ``loss`` (and ``eval_clm_loss`` /
+    ``eval_fusion_loss`` next to ``eval_loss``).
+
+    Training batches use :class:`~fusekern.LinearFusionLoss` straight from the output head (no
+    ``[B·T, V]`` logits) when ``fusion_args.fused_linear`` allows it and the head is a plain linear
+    layer whose output the model returns untouched (see :mod:`fusekern.trainer.head`); otherwise,
+    and for evaluation, ``FusionLoss`` on the model's logits. Both give the same loss.
 
     The loss is a per-batch mean (as FuseLLM's), so the Trainer divides it by the gradient
     accumulation steps; ``num_items_in_batch`` is accepted and not used.
@@ -90,15 +100,20 @@ class FusionTrainer(Trainer):
         # flag; our loss never goes through the model, so it is False there as well.
         self.model_accepts_loss_kwargs = False
 
+        from fusekern.linear_loss import LinearFusionLoss
         from fusekern.loss import FusionLoss
 
-        self.fusion_loss = FusionLoss(
+        opts = dict(
             lm_weight=fusion_args.lm_weight,
             method=fusion_args.fusion_method,
             teacher_temperature=fusion_args.teacher_temperature,
             loss_type=fusion_args.loss_type,
         )
-        self._parts: torch.Tensor | None = None  # [clm sum, fusion sum, #batches, #fusion batches]
+        self.fusion_loss = FusionLoss(**opts)
+        self.linear_fusion_loss = LinearFusionLoss(**opts)
+        self.fused_head: bool | None = None  # decided at the first training batch
+        # [clm sum, fusion sum, #batches, #fusion batches] for training and for evaluation
+        self._parts: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._last_lm_weight = fusion_args.lm_weight_at(0.0)
 
     # --- data: keep the teacher columns that the model's forward() does not know about ----------
@@ -129,13 +144,31 @@ class FusionTrainer(Trainer):
             )
         teacher = [inputs.pop(key, None) for key in TEACHER_INPUTS]
         inputs.pop("source_ce_doc", None)
-        outputs = model(**inputs)
+        has_teacher = all(t is not None for t in teacher)
+        loss_mod: torch.nn.Module = self.fusion_loss
+        loss = None
+        if has_teacher and model.training and self._use_fused_head(model):
+            loss_mod = self.linear_fusion_loss
+            lm_weight = self.current_lm_weight()
+            loss_mod.lm_weight = lm_weight
+            loss, outputs = fused_head_forward(
+                model,
+                output_head(self.accelerator.unwrap_model(model)),
+                inputs,
+                lambda h, w, bias: loss_mod(h, w, labels, *teacher, bias=bias),
+                labels.shape[1],
+            )
+        else:
+            outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
 
-        if all(t is not None for t in teacher):
+        if loss is not None:  # fused path: computed inside the model's forward, from the head
+            pass
+        elif has_teacher:
             lm_weight = self.current_lm_weight()
-            self.fusion_loss.lm_weight = lm_weight
-            loss = self.fusion_loss(logits, labels, *teacher)
+            loss_mod = self.fusion_loss
+            loss_mod.lm_weight = lm_weight
+            loss = loss_mod(logits, labels, *teacher)
         elif any(t is not None for t in teacher):
             missing = [k for k, t in zip(TEACHER_INPUTS, teacher) if t is None]
             raise ValueError(f"the batch has some teacher inputs but not {missing}")
@@ -148,15 +181,39 @@ class FusionTrainer(Trainer):
             lm_weight = 1.0
             loss = causal_lm_loss(logits, labels)
 
-        if model.training:
-            self._track_parts(loss.detach(), lm_weight, teacher_used=teacher[0] is not None)
+        self._track_parts(
+            "train" if model.training else "eval", loss.detach(), lm_weight, loss_mod if has_teacher else None
+        )
         return (loss, outputs) if return_outputs else loss
 
-    def _track_parts(self, loss: torch.Tensor, lm_weight: float, teacher_used: bool) -> None:
-        """Accumulate the CLM and fusion parts for logging (FusionLoss keeps both from its single
-        pass over the logits), on device: no host sync per step."""
-        clm = getattr(self.fusion_loss, "last_clm", None) if teacher_used else loss
-        fusion = getattr(self.fusion_loss, "last_fusion", None) if teacher_used else None
+    def _use_fused_head(self, model: torch.nn.Module) -> bool:
+        """Decide once (at the first training batch) whether the loss comes from the head."""
+        if self.fused_head is None:
+            mode = self.fusion_args.fused_linear
+            problem = "fused_linear=false" if mode == "false" else None
+            if problem is None:
+                sharded = None
+                if getattr(self, "is_fsdp_enabled", False):
+                    sharded = "FSDP"
+                elif getattr(self, "is_deepspeed_enabled", False) and _zero_stage(self) == 3:
+                    sharded = "DeepSpeed ZeRO-3"
+                problem = fused_head_problem(self.accelerator.unwrap_model(model), sharded=sharded)
+                if problem is not None and mode == "true":
+                    raise ValueError(f"fused_linear=true, but {problem}")
+            self.fused_head = problem is None
+            if problem is None:
+                logger.info("fusekern: loss computed from the LM head (LinearFusionLoss, no logits tensor)")
+            elif mode != "false":
+                logger.warning("fusekern: LM-head fused loss not used (%s); loss from the logits", problem)
+        return self.fused_head
+
+    def _track_parts(
+        self, mode: str, loss: torch.Tensor, lm_weight: float, loss_mod: torch.nn.Module | None
+    ) -> None:
+        """Accumulate the CLM and fusion parts for logging (the loss modules keep both from their
+        single pass over the logits), on device: no host sync per step."""
+        clm = getattr(loss_mod, "last_clm", None) if loss_mod is not None else loss
+        fusion = getattr(loss_mod, "last_fusion", None) if loss_mod is not None else None
         parts = torch.zeros(4, device=loss.device, dtype=torch.float32)
         if clm is not None:
             parts[0] = clm.detach().float()
@@ -164,21 +221,35 @@ class FusionTrainer(Trainer):
         if fusion is not None:
             parts[1] = fusion.detach().float()
             parts[3] = 1.0
-        self._parts = parts if self._parts is None else self._parts + parts
-        self._last_lm_weight = lm_weight
+        old = self._parts[mode]
+        self._parts[mode] = parts if old is None else old + parts
+        if mode == "train":
+            self._last_lm_weight = lm_weight
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        # "loss" is logged by every rank at the same step (the Trainer all-gathers it there), so a
-        # collective reduce here is safe; other log calls (eval, final metrics) are left alone.
-        if "loss" in logs and self._parts is not None:
-            parts = self._parts
-            if self.accelerator.num_processes > 1:
-                parts = self.accelerator.reduce(parts, reduction="sum")
-            parts = parts.tolist()
-            if parts[2] > 0:
-                logs["clm_loss"] = parts[0] / parts[2]
-            if parts[3] > 0:
-                logs["fusion_loss"] = parts[1] / parts[3]
+        # "loss" (training) and "<prefix>_loss" (evaluate(), metric_key_prefix "eval" by default)
+        # are logged by every rank at the same point, so a collective reduce here is safe; other
+        # log calls (final metrics) are left alone.
+        if "loss" in logs and self._parts["train"] is not None:
+            self._add_parts(logs, "train", "")
             logs["lm_weight"] = self._last_lm_weight
-            self._parts = None
+        eval_keys = [k for k in logs if k.endswith("_loss") and k not in ("train_loss",)]
+        if eval_keys and self._parts["eval"] is not None:
+            self._add_parts(logs, "eval", eval_keys[0][: -len("loss")])
         super().log(logs, *args, **kwargs)
+
+    def _add_parts(self, logs: dict, mode: str, prefix: str) -> None:
+        parts = self._parts[mode]
+        self._parts[mode] = None
+        if self.accelerator.num_processes > 1:
+            parts = self.accelerator.reduce(parts, reduction="sum")
+        parts = parts.tolist()
+        if parts[2] > 0:
+            logs[f"{prefix}clm_loss"] = parts[0] / parts[2]
+        if parts[3] > 0:
+            logs[f"{prefix}fusion_loss"] = parts[1] / parts[3]
+
+
+def _zero_stage(trainer: Trainer) -> int | None:
+    plugin = getattr(getattr(trainer.accelerator, "state", None), "deepspeed_plugin", None)
+    return getattr(plugin, "zero_stage", None)
