@@ -102,20 +102,34 @@ def test_hand_checked_bytes_mode(hand_case):
     ids, logits = r["teacher_ids"][:, 0], r["teacher_logits"][:, 0]
     # Byte groups: [ab]~[ab], [cc]~[cc], [xyz]~[xy, z], [</s>]~[</s>].
     # t=0 predicts "cc", a 1:1 group with source token 1: source position 0's top-k
-    #   [cc, q, a, padded row] -> [9, 2 (q->a), 2 (duplicate: dropped), -1 (no token: dropped)].
-    np.testing.assert_array_equal(ids[0], [9, 2, -1, -1])
-    np.testing.assert_array_equal(logits[0], [3, 2, 0, 0])
+    #   [cc, q, a, padded row] -> [9, 2 (q->a), 2 (a: kept, the loss adds the two), -1 (no token)].
+    np.testing.assert_array_equal(ids[0], [9, 2, 2, -1])
+    np.testing.assert_array_equal(logits[0], [3, 2, 1.5, 0])
     # t=1 predicts "xyz", cut in two by the source: one-hot on the NEXT gold token "xyz" (11).
     np.testing.assert_array_equal(ids[1], [11, -1, -1, -1])
     np.testing.assert_array_equal(logits[1], [1, 0, 0, 0])
     # t=2 predicts </s>: 1:1 with source </s>; source position 3's top-k [</s>, z, q, a].
-    np.testing.assert_array_equal(ids[2], [1, 7, 2, -1])
-    np.testing.assert_array_equal(logits[2], [5, 1, 0.5, 0])
+    np.testing.assert_array_equal(ids[2], [1, 7, 2, 2])
+    np.testing.assert_array_equal(logits[2], [5, 1, 0.5, 0.25])
     np.testing.assert_array_equal(ids[3], [-1, -1, -1, -1])  # the EOS predicts nothing
     # Gold-token CE: "cc" -> ce[0]; "xyz" -> ce[1] + ce[2] (the group's NLL); </s> -> ce[3].
     np.testing.assert_allclose(r["source_ce"][:, 0], [0.1, 0.5, 0.4, 0.0], rtol=1e-6)
     np.testing.assert_allclose(r["source_ce_doc"], [0.25], rtol=1e-6)
     assert r["n_aligned"].tolist() == [2] and r["used_dtw"].tolist() == [False]
+    assert r["n_one_to_one"].tolist() == [2]
+
+    # positions="boundary": t=1's context "abcc" also ends at a source boundary (after source
+    # token 1), so it takes source position 1's top-k [xy, x, c, a] (ids equal in both vocabs)
+    # although the next tokens differ ("xyz" vs "xy"); the other positions are as above.
+    out = str(root / "boundary")
+    rb = _row(run_align(tgt, [text], [path], out, positions="boundary"))
+    np.testing.assert_array_equal(rb["teacher_ids"][:, 0], [ids[0], [10, 5, 4, 2], ids[2], ids[3]])
+    np.testing.assert_array_equal(rb["teacher_logits"][:, 0], [logits[0], [2, 1, 0, -1], logits[2], logits[3]])
+    np.testing.assert_array_equal(rb["source_ce"], r["source_ce"])  # the gold token's CE: same rule
+    assert rb["n_aligned"].tolist() == [3] and rb["n_one_to_one"].tolist() == [2]
+    meta = json.load(open(os.path.join(out, "align_meta.json")))
+    assert meta["positions"] == "boundary"
+    assert meta["aligned_fraction"] == {"src": 1.0} and meta["one_to_one_fraction"] == {"src": pytest.approx(2 / 3)}
 
 
 def test_hand_checked_fusellm_mode(hand_case):
