@@ -337,12 +337,12 @@ def map_vocab(
             special[s] = True
             ids[s] = _special_target(source_tokenizer, target_tokenizer, s, tgt_content)
 
-    # exact bytes, else the longest target byte prefix (canonical id among equal surfaces)
+    # exact bytes, else the longest target byte prefix (lowest id among equal bytes: the
+    # refinement then picks among them, as for the MinED matches)
     src_raw, tgt_raw = token_tables(source_tokenizer)[0], token_tables(target_tokenizer)[0]
-    canon = canonical_target_ids(target_tokenizer)
     by_bytes: dict = {}
     for t in cand:
-        by_bytes.setdefault(tgt_raw[t], int(canon[t]))
+        by_bytes.setdefault(tgt_raw[t], t)
     longest = max(map(len, by_bytes))
     prefix = np.zeros(ns, dtype=bool)
     todo = []
