@@ -77,7 +77,8 @@ def test_cli_writes_npz_and_json(tok_dirs, tmp_path, capsys):
     check_map(vmap, src, tgt)
     c = vmap.counts()
     assert f"exact {c['exact']}" in captured.out and f"MinED {c['mined']}" in captured.out
-    assert c["exact"] + c["mined"] + c["special"] + c["unmapped"] == vmap.source_size
+    assert f"prefix {c['prefix']}" in captured.out and c["prefix"] > 0
+    assert c["exact"] + c["prefix"] + c["mined"] + c["special"] + c["unmapped"] == vmap.source_size
 
     out_json = str(tmp_path / "map.json")
     rc = main(

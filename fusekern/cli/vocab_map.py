@@ -1,4 +1,5 @@
-"""``fusekern vocab-map``: map a source tokenizer's vocabulary onto a target's (MinED).
+"""``fusekern vocab-map``: map a source tokenizer's vocabulary onto a target's (exact bytes, else
+the longest target byte prefix, else MinED).
 
 Writes a ``.npz`` (default; arrays ``ids``, ``distance``, ``exact``, ``special`` indexed by
 source id, plus a ``meta`` JSON string) or a ``.json`` (same fields as lists) when ``--out``
@@ -19,7 +20,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "vocab-map",
-        help="map source token ids to target token ids (exact match, else min edit distance)",
+        help="map source token ids to target token ids (exact, else longest target byte prefix, else MinED)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
     path = vmap.save(args.out)
     c = vmap.counts()
     n = max(1, c["source_size"])
-    mined = (vmap.distance > 0) & ~vmap.special
+    mined = (vmap.distance > 0) & ~vmap.special & ~vmap.prefix
     mean_d = float(vmap.distance[mined].mean()) if mined.any() else 0.0
     print(
         f"vocab-map: {c['source_size']} source -> {c['target_size']} target ids in "
         f"{time.perf_counter() - t0:.2f}s: exact {c['exact']} ({100 * c['exact'] / n:.1f}%), "
-        f"MinED {c['mined']} (mean distance {mean_d:.2f}), special {c['special']}, "
+        f"prefix {c['prefix']}, MinED {c['mined']} (mean distance {mean_d:.2f}), special {c['special']}, "
         f"unmapped {c['unmapped']} -> {path}"
     )
     return 0
