@@ -211,7 +211,16 @@ def _special_target(src: Any, tgt: Any, sid: int, tgt_content: dict) -> int:
 
 
 def _id_strings(tok: Any, n: int) -> list[str | None]:
-    """The vocabulary string of each id below ``n`` (None where the tokenizer has none)."""
+    """The vocabulary string of each id below ``n`` (None where the tokenizer has none),
+    computed once per tokenizer object, size and ``n`` (a shared list: do not modify)."""
+    key, size = ("strings", id(tok), n), _size(tok)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not tok or hit[1] != size:
+        hit = _TABLES[key] = (tok, size, _read_id_strings(tok, n))
+    return hit[2]
+
+
+def _read_id_strings(tok: Any, n: int) -> list[str | None]:
     if hasattr(tok, "convert_ids_to_tokens"):
         strings = tok.convert_ids_to_tokens(list(range(n)))
     elif hasattr(tok, "id_to_token"):
