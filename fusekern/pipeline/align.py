@@ -5,14 +5,23 @@ does) is aligned with each source's tokenisation, giving *groups* ``(a0, a1, b0,
 source tokens ``[a0, a1)`` and target tokens ``[b0, b1)`` that cover the same text.
 
 ``mode="bytes"`` (default). Groups come from :func:`fusekern.align.span_align_ids_batch` on
-``token_bytes``: the smallest runs covering identical bytes (a SentencePiece dummy-prefix
-space on a document's first token is ignored). Target position ``t`` predicts target token
-``t+1``; it takes the source's distribution at source position ``u`` exactly when target token
-``t+1`` and source token ``u+1`` form a 1:1 group, i.e. both tokenisations cut the text at the
-same byte offsets before and after that token: same context bytes, same next-token span. A
-document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
-DTW for that source: DTW path components serve as groups, and a 1:1 group counts only if the
-two tokens' surfaces are identical.
+``token_bytes``: the smallest runs covering identical bytes. A SentencePiece dummy-prefix
+space on a document's first token is dropped where the bytes show it is one
+(:func:`strip_dummy_prefix`, per document and side: Llama-2 adds it even to a text that starts
+with a space). Target position ``t`` predicts target token ``t+1``; which positions take a
+source's distribution is ``positions``:
+
+- ``"span"``: position ``t`` takes source position ``u`` exactly when target token ``t+1`` and
+  source token ``u+1`` form a 1:1 group, i.e. both tokenisations cut the text at the same byte
+  offsets before and after that token: same context bytes, same next-token span;
+- ``"boundary"``: position ``t`` takes source position ``u`` whenever both contexts end at the
+  same byte offset (:func:`boundary_positions`), a superset of ``span`` with the same ``u`` on
+  it; the source's candidates then count for the target token that starts the same bytes (the
+  vocab map's prefix rule).
+
+A document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
+DTW for that source (both rules): DTW path components serve as groups, and a 1:1 group counts
+only if the two tokens' surfaces are identical.
 
 ``mode="fusellm"``. FuseLLM's rule: DTW over all tokens (surface strings, spaces removed, as
 FuseLLM strips its '▁'/'Ġ' markers; edit-distance cost; full DTW with FuseLLM's tie order);
@@ -27,15 +36,20 @@ target token** (``input_ids[t+1]``, logit 1.0; FuseLLM puts it on the *current* 
 ``input_ids[t]``, a known bug). The last position of a document (the EOS, nothing to
 predict) has no teacher (ids all -1).
 
-Top-k lists are mapped to target ids with the vocab map (exact surface, else MinED; see
-:func:`fusekern.align.map_vocab`), unmappable ids dropped, duplicates dropped keeping the first
-(highest-logit) occurrence, the list compacted to the left and padded with -1 (logit 0).
+Top-k lists are mapped to target ids with the vocab map (exact surface, else the longest target
+byte prefix, else MinED; see :func:`fusekern.align.map_vocab`), unmappable ids dropped, the list
+compacted to the left and padded with -1 (logit 0). Repeated target ids are kept in bytes mode
+(the loss adds their probabilities); fusellm mode drops them keeping the first (highest-logit)
+occurrence, as FuseLLM does.
 
 Quality carried to target positions: ``source_ce[t, s]`` is the source's CE of the gold next
 target token: the source's NLL of the group containing target token ``t+1`` (sum of its
 per-token CE over the group's source tokens), shared equally by the group's predicted target
-tokens. In a 1:1 group that is exactly the source's per-token CE. (A document's first group may
-hold target tokens but only the unpredicted first source token: those get the document mean.)
+tokens. In a 1:1 group that is exactly the source's per-token CE. The same under both
+``positions`` rules: it measures how well the source predicts the gold continuation (what
+MinCE compares), whether or not its top-k is used at that position. (A document's first group
+may hold target tokens but only the unpredicted first source token: those get the document
+mean.)
 ``source_ce_doc[s]`` is the source's mean CE over the document (FuseLLM's ``metric_ce``).
 """
 

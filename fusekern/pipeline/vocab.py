@@ -1,8 +1,8 @@
 """Stage 3, vocab map: source id -> target id for every source.
 
-The mapping (exact surface match, else minimum edit distance, specials by content/role, then
-same token string first and canonical duplicates) is :func:`fusekern.align.map_vocab`; this
-module is the stage around it, so ``fusekern vocab-map`` and :func:`run_vocab_map` write the
+The mapping (exact surface match, else the longest target byte prefix, else minimum edit
+distance, specials by content/role, then same token string first and canonical duplicates) is
+:func:`fusekern.align.map_vocab`; this module is the stage around it, so ``fusekern vocab-map`` and :func:`run_vocab_map` write the
 same map.
 """
 
@@ -37,7 +37,8 @@ def run_vocab_map(
     c = vmap.counts()
     print(
         f"vocab-map: {c['source_size']} source ids -> {c['target_size']} target ids: exact {c['exact']}, "
-        f"MinED {c['mined']}, special {c['special']}, unmapped {c['unmapped']} -> {path}"
+        f"prefix {c['prefix']}, MinED {c['mined']}, special {c['special']}, "
+        f"unmapped {c['unmapped']} -> {path}"
     )
     return path
 
