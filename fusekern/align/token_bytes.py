@@ -21,8 +21,8 @@ starts with a space if the prefix comes from a ``Prepend('▁')`` normaliser (ge
 OpenLLaMA: ``" Hello world"`` → ``[b" ", b" Hello", b" world"]``), but not with a Metaspace
 pre-tokenizer, which adds none to a text that starts with one. Which case holds is decided per
 document from the bytes (:func:`fusekern.pipeline.align.strip_dummy_prefix`). Otherwise the
-join equals the text after the tokenizer's normaliser (NFKC, lowercasing, …). WordPiece does not keep whitespace, so only
-the non-whitespace bytes match there.
+join equals the text after the tokenizer's normaliser (NFKC, lowercasing, …). WordPiece does
+not keep whitespace, so only the non-whitespace bytes match there.
 
 Slow (Python) tokenizers are read through their own tables: a ``byte_decoder`` (GPT-2 style)
 or a ``sp_model`` (SentencePiece: byte pieces, control/unknown pieces, '▁'); otherwise each

@@ -2,8 +2,8 @@
 
 The mapping (exact surface match, else the longest target byte prefix, else minimum edit
 distance, specials by content/role, then same token string first and canonical duplicates) is
-:func:`fusekern.align.map_vocab`; this module is the stage around it, so ``fusekern vocab-map`` and :func:`run_vocab_map` write the
-same map.
+:func:`fusekern.align.map_vocab`; this module is the stage around it, so ``fusekern vocab-map``
+and :func:`run_vocab_map` write the same map.
 """
 
 from __future__ import annotations
