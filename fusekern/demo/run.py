@@ -306,6 +306,7 @@ def run_demo(
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     torch.set_num_threads(threads)
     _say(f"{threads} torch thread(s)")
+    env = environment()  # at the start: the code the stages computed now run with
     cfg = cfg if cfg is not None else full()
     if not cfg.sources or cfg.target is None:
         raise ValueError("cfg needs at least one source and a target")
@@ -501,7 +502,7 @@ def run_demo(
         name: {d: v[d]["bpb"] for d in (*DOMAINS, "overall")} for name, v in val.items()
     }
     results["fused_vs_clm_baseline"]["validation_bpb_change_percent"] = 100.0 * (vf - vb) / vb
-    results["environment"] = environment()
+    results["environment"] = env
     results["threads"] = threads
     results["seconds"] = round(time.time() - t_start, 1)  # this invocation (cached stages cost ~0)
     results["seconds_all_stages"] = round(sum(st.seconds.values()), 1)  # every stage, as when computed
