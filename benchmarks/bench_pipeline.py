@@ -257,6 +257,49 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
     print("\nalign throughput, mode=fusellm (full DTW):", json.dumps(info, indent=1))
 
 
+def test_align_throughput_boundary_positions(benchmark, setup):
+    """positions="boundary" (issue 9) against "span" in the same run: same data, S = 2, K = 10,
+    1 process, 1 thread; best of 2 alternating runs each."""
+    s = setup
+    names = list(SOURCES)
+    cpu: dict = {"span": [], "boundary": []}
+    metas = {}
+
+    def one(positions):
+        out = str(s["root"] / f"aligned_{positions}")
+        c0 = time.process_time()
+        run_align(
+            s["target"],
+            s["data"],
+            [s["extracts"][n] for n in names],
+            out,
+            source_names=names,
+            num_proc=1,
+            threads=1,
+            positions=positions,
+        )
+        cpu[positions].append(time.process_time() - c0)
+        metas[positions] = json.load(open(os.path.join(out, "align_meta.json")))
+
+    def run():
+        for positions in ("span", "boundary"):
+            one(positions)
+
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    n_tgt = metas["boundary"]["num_tokens"]
+    info = {
+        "target_tokens": n_tgt,
+        "tokens_per_cpu_s_span": round(n_tgt / min(cpu["span"])),
+        "tokens_per_cpu_s_boundary": round(n_tgt / min(cpu["boundary"])),
+        "boundary_over_span_time": round(min(cpu["boundary"]) / min(cpu["span"]), 3),
+        "taught_span": metas["span"]["aligned_fraction"],
+        "taught_boundary": metas["boundary"]["aligned_fraction"],
+        "one_to_one": metas["boundary"]["one_to_one_fraction"],
+    }
+    benchmark.extra_info.update(info)
+    print("\nalign throughput, positions span vs boundary:", json.dumps(info, indent=1))
+
+
 def test_storage(benchmark, setup):
     s = setup
     names = list(SOURCES)

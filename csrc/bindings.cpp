@@ -446,7 +446,7 @@ py::list dtw_batch_py(py::handle a_seqs, py::handle b_seqs, int64_t band, int th
 
 // ---------------------------------------------------------------- mined_map / levenshtein
 
-py::tuple mined_map_py(py::handle source, py::handle target, int threads) {
+py::tuple mined_map_py(py::handle source, py::handle target, int threads, bool prefer_prefix) {
   check_threads(threads);
   fk::StrSeq S, T;
   read_strs(source, "source", S);
@@ -457,7 +457,7 @@ py::tuple mined_map_py(py::handle source, py::handle target, int threads) {
   int64_t* pd = dist.mutable_data();
   {
     py::gil_scoped_release release;
-    fk::mined_map(S, T, threads, pi, pd);
+    fk::mined_map(S, T, threads, prefer_prefix, pi, pd);
   }
   return py::make_tuple(ids, dist);
 }
@@ -494,6 +494,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a_widths") = py::none(), py::arg("b_widths") = py::none());
   m.def("dtw_batch", &dtw_batch_py, py::arg("a_seqs"), py::arg("b_seqs"), py::arg("band"), py::arg("threads"),
         py::arg("with_cost"), py::arg("a_widths") = py::none(), py::arg("b_widths") = py::none());
-  m.def("mined_map", &mined_map_py, py::arg("source"), py::arg("target"), py::arg("threads"));
+  m.def("mined_map", &mined_map_py, py::arg("source"), py::arg("target"), py::arg("threads"),
+        py::arg("prefer_prefix") = false);
   m.def("levenshtein", &levenshtein_py, py::arg("a"), py::arg("b"));
 }

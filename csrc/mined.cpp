@@ -110,9 +110,31 @@ inline bool span_less(const uint32_t* a, int64_t la, const uint32_t* b, int64_t 
 // distances give a tight first bound, so the bucket scan below prunes nearly everything.
 constexpr int64_t kSeedNeighbours = 4;
 
-template <bool Rev>
+// Shared leading code points of two strings: the prefix-preferring search's tie-break.
+inline int64_t common_prefix(const uint32_t* a, int64_t la, const uint32_t* b, int64_t lb) {
+  const int64_t n = std::min(la, lb);
+  int64_t k = 0;
+  while (k < n && a[k] == b[k]) ++k;
+  return k;
+}
+
+// Order of candidates: distance, then (PreferPrefix only) more shared leading code points,
+// then the lower index.
+template <bool PreferPrefix>
+inline bool better(int64_t d, int64_t l, int64_t t, int64_t best, int64_t bestl, int64_t bestj) {
+  if (d != best) return d < best;
+  if (PreferPrefix && l != bestl) return l > bestl;
+  return t < bestj;
+}
+
+template <bool P>
+inline int64_t shared(const StrSeq& target, int64_t t, const uint32_t* a, int64_t la) {
+  return P ? common_prefix(a, la, target.data(t), target.len(t)) : 0;
+}
+
+template <bool Rev, bool P>
 inline void seed_from(const Search& S, const std::vector<int64_t>& order, FixedPattern& fp, const uint32_t* a,
-                      int64_t la, int64_t& best, int64_t& bestj) {
+                      int64_t la, int64_t& best, int64_t& bestl, int64_t& bestj) {
   const StrSeq& target = *S.target;
   const auto it = std::lower_bound(order.begin(), order.end(), int64_t{0}, [&](int64_t t, int64_t) {
     return span_less<Rev>(target.data(t), target.len(t), a, la);
@@ -122,8 +144,10 @@ inline void seed_from(const Search& S, const std::vector<int64_t>& order, FixedP
     const int64_t t = order[k];
     if (std::abs(target.len(t) - la) > best) continue;
     const int64_t d = fp.distance(target.data(t), target.len(t));
-    if (d < best || (d == best && t < bestj)) {
+    const int64_t l = shared<P>(target, t, a, la);
+    if (better<P>(d, l, t, best, bestl, bestj)) {
       best = d;
+      bestl = l;
       bestj = t;
     }
   }
@@ -134,8 +158,10 @@ struct Cand {
   bool operator<(const Cand& o) const { return lb != o.lb ? lb < o.lb : t < o.t; }
 };
 
-// Best (distance, index) for one source that has no exact match. Force-inlined so that the
-// popcount below compiles to the instruction in the popcnt-targeted caller.
+// Best (distance, index) for one source that has no exact match (P: ties go to the most shared
+// leading code points first, so only bounds strictly above the best distance prune). Force-
+// inlined so that the popcount below compiles to the instruction in the popcnt-targeted caller.
+template <bool P>
 __attribute__((always_inline)) inline void search_one(const Search& S, FixedPattern& fp, std::vector<Cand>& cand,
                                                       const uint32_t* a, int64_t la, int64_t& best_d,
                                                       int64_t& best_j) {
@@ -144,10 +170,10 @@ __attribute__((always_inline)) inline void search_one(const Search& S, FixedPatt
   const uint64_t sa = signature(a, la);
   Hist ha;
   histogram(a, la, ha);
-  int64_t best = kInf, bestj = kInf;
+  int64_t best = kInf, bestj = kInf, bestl = -1;
   fp.load(a, la);
-  seed_from<false>(S, *S.fwd, fp, a, la, best, bestj);
-  seed_from<true>(S, *S.rev, fp, a, la, best, bestj);
+  seed_from<false, P>(S, *S.fwd, fp, a, la, best, bestl, bestj);
+  seed_from<true, P>(S, *S.rev, fp, a, la, best, bestl, bestj);
   // Pass 1: lower bounds of every target within the length window; keep those that could
   // still win against the seed.
   cand.clear();
@@ -159,13 +185,14 @@ __attribute__((always_inline)) inline void search_one(const Search& S, FixedPatt
       if (L < 0 || L > bk.max_len) continue;
       for (int64_t k = bk.start[L], e = bk.start[L + 1]; k < e; ++k) {
         const int64_t t = bk.idx[k];
-        if (best == floor && t > bestj) break;  // nothing later in this bucket can win
+        if (!P && best == floor && t > bestj) break;  // nothing later in this bucket can win
+        if (t == bestj) continue;                      // already known
         const uint64_t st = bk.sig[k];
         int64_t lb = std::max<int64_t>(
             delta, std::max(__builtin_popcountll(sa & ~st), __builtin_popcountll(st & ~sa)));
-        if (lb > best || (lb == best && t >= bestj)) continue;  // t == bestj: already known
+        if (lb > best || (!P && lb == best && t > bestj)) continue;
         lb = std::max(lb, hist_bound(ha, bk.hist[k]));
-        if (lb > best || (lb == best && t > bestj)) continue;
+        if (lb > best || (!P && lb == best && t > bestj)) continue;
         cand.push_back(Cand{lb, t});
       }
     }
@@ -173,11 +200,13 @@ __attribute__((always_inline)) inline void search_one(const Search& S, FixedPatt
   // Pass 2: exact distances, most promising first; stop once no candidate can win.
   std::sort(cand.begin(), cand.end());
   for (const Cand& c : cand) {
-    if (c.lb > best || (c.lb == best && c.t > bestj)) break;
-    // only a distance below best (or equal with a lower index) matters: stop above that
-    const int64_t d = fp.distance(target.data(c.t), target.len(c.t), c.t < bestj ? best : best - 1);
-    if (d < best || (d == best && c.t < bestj)) {
+    if (c.lb > best || (!P && c.lb == best && c.t > bestj)) break;
+    // only a distance below best (or equal and winning the tie-break) matters: stop above that
+    const int64_t d = fp.distance(target.data(c.t), target.len(c.t), (P || c.t < bestj) ? best : best - 1);
+    const int64_t l = d == best ? shared<P>(target, c.t, a, la) : 0;
+    if (better<P>(d, l, c.t, best, bestl, bestj)) {
       best = d;
+      bestl = shared<P>(target, c.t, a, la);
       bestj = c.t;
     }
   }
@@ -194,6 +223,7 @@ struct Job {
   int64_t* dist;
 };
 
+template <bool P>
 __attribute__((always_inline)) inline void run_range(const Job& J, FixedPattern& fp, std::vector<Cand>& cand,
                                                      int64_t begin, int64_t end) {
   const StrSeq& src = *J.source;
@@ -204,23 +234,26 @@ __attribute__((always_inline)) inline void run_range(const Job& J, FixedPattern&
       J.dist[s] = 0;
       continue;
     }
-    search_one(J.S, fp, cand, src.data(s), src.len(s), J.dist[s], J.ids[s]);
+    search_one<P>(J.S, fp, cand, src.data(s), src.len(s), J.dist[s], J.ids[s]);
   }
 }
 
+template <bool P>
 void run_range_generic(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, int64_t begin, int64_t end) {
-  run_range(J, fp, cand, begin, end);
+  run_range<P>(J, fp, cand, begin, end);
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+template <bool P>
 __attribute__((target("popcnt"))) void run_range_popcnt(const Job& J, FixedPattern& fp, std::vector<Cand>& cand,
                                                         int64_t begin, int64_t end) {
-  run_range(J, fp, cand, begin, end);
+  run_range<P>(J, fp, cand, begin, end);
 }
 bool cpu_has_popcnt() { return __builtin_cpu_supports("popcnt"); }
 #else
+template <bool P>
 void run_range_popcnt(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, int64_t begin, int64_t end) {
-  run_range(J, fp, cand, begin, end);
+  run_range<P>(J, fp, cand, begin, end);
 }
 bool cpu_has_popcnt() { return false; }
 #endif
@@ -228,6 +261,11 @@ bool cpu_has_popcnt() { return false; }
 }  // namespace
 
 void mined_map(const StrSeq& source, const StrSeq& target, int threads, int64_t* out_ids, int64_t* out_dist) {
+  mined_map(source, target, threads, false, out_ids, out_dist);
+}
+
+void mined_map(const StrSeq& source, const StrSeq& target, int threads, bool prefer_prefix, int64_t* out_ids,
+               int64_t* out_dist) {
   const int64_t ns = source.size(), nt = target.size();
   if (ns == 0) return;
   if (nt == 0) throw std::invalid_argument("target is empty: nothing to map to");
@@ -269,10 +307,16 @@ void mined_map(const StrSeq& source, const StrSeq& target, int threads, int64_t*
   std::vector<std::vector<Cand>> cands(static_cast<size_t>(nthreads));
   const bool popcnt = cpu_has_popcnt();
   parallel_for(ns, nthreads, 64, [&](int w, int64_t begin, int64_t end) {
-    if (popcnt) {
-      run_range_popcnt(J, patterns[w], cands[w], begin, end);
+    if (prefer_prefix) {
+      if (popcnt) {
+        run_range_popcnt<true>(J, patterns[w], cands[w], begin, end);
+      } else {
+        run_range_generic<true>(J, patterns[w], cands[w], begin, end);
+      }
+    } else if (popcnt) {
+      run_range_popcnt<false>(J, patterns[w], cands[w], begin, end);
     } else {
-      run_range_generic(J, patterns[w], cands[w], begin, end);
+      run_range_generic<false>(J, patterns[w], cands[w], begin, end);
     }
   });
 }

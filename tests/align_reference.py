@@ -102,6 +102,41 @@ def brute_mined(
     return ids, best
 
 
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def reference_vocab_rule(
+    source: Sequence[bytes], target: Sequence[bytes], dist: Callable[[str, str], int] = levenshtein
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vocab-map rule by brute force, for non-empty byte strings: the target with the same
+    bytes (lowest index), else the longest target that is a byte prefix of the source (lowest
+    index among equal ones), else minimum edit distance of the surrogateescape surfaces, ties
+    to the most shared leading characters, then the lowest index. Returns (index, distance,
+    prefix rule used)."""
+    surf = [t.decode("utf-8", errors="surrogateescape") for t in target]
+    ids = np.zeros(len(source), dtype=np.int64)
+    best = np.zeros(len(source), dtype=np.int64)
+    by_prefix = np.zeros(len(source), dtype=bool)
+    for s, x in enumerate(source):
+        xs = x.decode("utf-8", errors="surrogateescape")
+        heads = [(len(y), -t) for t, y in enumerate(target) if x.startswith(y)]
+        if heads:
+            n, neg_t = max(heads)
+            ids[s], by_prefix[s] = -neg_t, n < len(x)
+        else:
+            ids[s] = min(
+                range(len(target)), key=lambda t: (dist(xs, surf[t]), -common_prefix(xs, surf[t]), t)
+            )
+        best[s] = dist(xs, surf[ids[s]])
+    return ids, best, by_prefix
+
+
 # ---------------------------------------------------------------- span alignment
 
 

@@ -84,7 +84,8 @@ def extracts(tiny_lms, docs, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def aligned(extracts, docs, tiny_lms, tmp_path_factory) -> tuple:
-    """(source names, {mode: aligned dir}) for the target TARGET and all three sources."""
+    """(source names, {rule: aligned dir}) for the target TARGET and all three sources; rules:
+    "bytes" (span positions), "fusellm", "boundary" (bytes mode, boundary positions)."""
     from fusekern.pipeline import run_align
 
     def build():
@@ -96,6 +97,9 @@ def aligned(extracts, docs, tiny_lms, tmp_path_factory) -> tuple:
             mode: run_align(target, docs, paths, str(root / mode), mode=mode, source_names=names)
             for mode in ("bytes", "fusellm")
         }
+        dirs["boundary"] = run_align(
+            target, docs, paths, str(root / "boundary"), positions="boundary", source_names=names
+        )
         return names, dirs
 
     return _cached("aligned", build)

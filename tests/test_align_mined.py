@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from align_reference import brute_mined, levenshtein, toy_tokenizer
+from align_reference import brute_mined, common_prefix, levenshtein, toy_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein as RFLev
@@ -50,6 +50,30 @@ def test_matches_brute_force_with_ties(source, target, threads):
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(dist, ref_dist)
     assert ids.dtype == np.int64 and dist.dtype == np.int64
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab日", max_size=4), max_size=12),
+    st.lists(st.text(alphabet="ab日", max_size=4), min_size=1, max_size=12),
+    st.sampled_from([0, 1, 2]),
+)
+def test_prefer_prefix_ties_match_brute_force(source, target, threads):
+    """The vocab map's MinED step: equal distances go to the most shared leading characters,
+    then the lowest index (mined_map itself keeps plain lowest-index ties)."""
+    ids, dist = _C.mined_map(source, target, threads, True)
+    for s, x in enumerate(source):
+        key = [(levenshtein(x, y), -common_prefix(x, y), t) for t, y in enumerate(target)]
+        d, _, t = min(key)
+        assert (ids[s], dist[s]) == (t, d), (x, target)
+
+
+def test_prefer_prefix_breaks_ties_by_shared_leading_characters():
+    # "ab" is at distance 1 from "b" (index 1), "abc" (2) and "a" (3): plain MinED takes index 1,
+    # prefer_prefix "abc" (2 shared leading characters); "ba" ties "b" and "bz" (1 each): lowest
+    ids, _ = _C.mined_map(["ab", "ba"], ["x", "b", "abc", "a", "bz"], 1, True)
+    assert ids.tolist() == [2, 1]
+    assert mined_map(["ab", "ba"], ["x", "b", "abc", "a", "bz"]).tolist() == [1, 1]
 
 
 def _random_vocab(rng: random.Random, n: int, alphabet: str) -> list:

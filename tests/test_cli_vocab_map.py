@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from align_reference import brute_mined, toy_tokenizer
+from align_reference import reference_vocab_rule, toy_tokenizer
 from rapidfuzz.distance import Levenshtein as RFLev
 
-from fusekern.align import VocabMap, map_vocab
+from fusekern.align import VocabMap, map_vocab, token_bytes
 from fusekern.align.vocab import surface_strings
 from fusekern.cli import main
 
@@ -41,11 +41,15 @@ def refined_pick(s: int, src, tgt, t_cands: list) -> int:
 
 def check_map(vmap: VocabMap, src, tgt, *, refined: bool = True):
     s_surf, t_surf = surface_strings(src), surface_strings(tgt)
+    s_raw, t_raw = token_bytes(src), token_bytes(tgt)
     t_special = set(tgt.all_special_ids)
     cand = [t for t in range(len(t_surf)) if t not in t_special and t_surf[t]]
     todo = [s for s in range(len(s_surf)) if s not in set(src.all_special_ids) and s_surf[s]]
-    ref_ids, ref_d = brute_mined([s_surf[s] for s in todo], [t_surf[t] for t in cand], RFLev.distance)
+    ref_ids, ref_d, ref_prefix = reference_vocab_rule(
+        [s_raw[s] for s in todo], [t_raw[t] for t in cand], RFLev.distance
+    )
     ref = np.asarray(cand)[ref_ids]
+    np.testing.assert_array_equal(vmap.prefix[todo], ref_prefix)
     if refined:  # same surface as brute force's pick, and the policy's choice among those ids
         by_surface: dict = {}
         for t in cand:
@@ -73,7 +77,8 @@ def test_cli_writes_npz_and_json(tok_dirs, tmp_path, capsys):
     check_map(vmap, src, tgt)
     c = vmap.counts()
     assert f"exact {c['exact']}" in captured.out and f"MinED {c['mined']}" in captured.out
-    assert c["exact"] + c["mined"] + c["special"] + c["unmapped"] == vmap.source_size
+    assert f"prefix {c['prefix']}" in captured.out and c["prefix"] > 0
+    assert c["exact"] + c["prefix"] + c["mined"] + c["special"] + c["unmapped"] == vmap.source_size
 
     out_json = str(tmp_path / "map.json")
     rc = main(
@@ -109,14 +114,15 @@ def test_map_vocab_other_families():
     vmap = map_vocab(src, tgt, threads=2)
     check_map(vmap, src, tgt)
     assert vmap.counts()["exact"] > 0.3 * vmap.source_size
-    raw = map_vocab(src, tgt, threads=2, refine=False)  # plain MinED: ties -> lowest target id
+    raw = map_vocab(src, tgt, threads=2, refine=False)  # the rule alone: lowest id among equal bytes
     check_map(raw, src, tgt, refined=False)
     np.testing.assert_array_equal(raw.distance, vmap.distance)
 
 
 def test_byte_fallback_duplicates_go_to_the_learned_token():
     # sp_bpe's <0xNN> pieces come first in its vocabulary and share surfaces with learned
-    # single characters: plain MinED picks the byte piece, the refined map the learned token.
+    # single characters: the rule alone (lowest id) picks the byte piece, the refined map the
+    # learned token.
     src, tgt = toy_tokenizer("byte_bpe"), toy_tokenizer("sp_bpe")
     raw, vmap = map_vocab(src, tgt, refine=False), map_vocab(src, tgt)
     t_tokens = tgt.convert_ids_to_tokens(list(range(len(tgt))))

@@ -66,7 +66,7 @@ def test_results_plot_and_artifacts(demo_dir):
     with open(os.path.join(demo_dir, "demo.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # the pipeline stages' outputs are there, with the sources fused into the target
-    with open(os.path.join(demo_dir, "data", "packed", "fusion_meta.json")) as f:
+    with open(os.path.join(demo_dir, "data", "packed_span", "fusion_meta.json")) as f:
         meta = json.load(f)
     assert meta["sources"] == list(SOURCES) and meta["target"]
     for name in SOURCES:
@@ -83,10 +83,91 @@ def test_rerun_uses_cache_and_recipe_change_reruns_only_training(demo_dir):
     assert main(["demo", "--size", "tiny", "--out", demo_dir, "--lm-weight", "0.2"]) == 0
     changed = _results(demo_dir)
     rerun = set(changed["stage_seconds"]) - set(changed["cached_stages"])
-    assert rerun == {"train:fused", "score:fused"}
+    assert rerun == {"train:fused:span", "score:fused:span", "validate:fused:span"}
     assert changed["config"]["lm_weight"] == 0.2
     assert changed["held_out_bpb"]["clm_baseline"] == first["held_out_bpb"]["clm_baseline"]
     assert changed["held_out_bpb"]["fused"] != first["held_out_bpb"]["fused"]
+
+
+def test_results_record_environment_validation_and_threads(demo_dir):
+    import torch
+    import transformers
+
+    import fusekern
+
+    res = _results(demo_dir)
+    env = res["environment"]
+    assert env["fusekern"] == fusekern.__version__
+    assert env["torch"] == torch.__version__ and env["transformers"] == transformers.__version__
+    assert "git_commit" in env  # None outside a git checkout
+    assert set(res["validation_bpb"]) == {"clm_baseline", "fused"}
+    assert all(v > 0 for r in res["validation_bpb"].values() for v in r.values())
+    assert isinstance(res["threads"], int) and res["threads"] >= 1
+    assert res["config"]["positions"] == "span" and res["config"]["size"] == "tiny"
+
+
+def test_tiny_gives_no_verdict(demo_dir, capsys):
+    assert main(["demo", "--size", "tiny", "--out", demo_dir]) == 0  # all cached
+    out = capsys.readouterr().out
+    assert "numbers mean nothing" in out
+    assert "beat" not in out.lower()  # no verdict either way
+
+
+def test_positions_rule_shares_everything_upstream_and_the_control(demo_dir):
+    first = _results(demo_dir)
+    assert main(["demo", "--size", "tiny", "--out", demo_dir, "--positions", "boundary"]) == 0
+    res = _results(demo_dir)
+    rerun = set(res["stage_seconds"]) - set(res["cached_stages"])
+    assert rerun == {
+        "align:boundary",
+        "pack:boundary",
+        "train:fused:boundary",
+        "score:fused:boundary",
+        "validate:fused:boundary",
+    }
+    assert res["config"]["positions"] == "boundary"
+    assert res["held_out_bpb"]["clm_baseline"] == first["held_out_bpb"]["clm_baseline"]
+    meta = json.load(open(os.path.join(demo_dir, "data", "aligned_boundary", "align_meta.json")))
+    span = json.load(open(os.path.join(demo_dir, "data", "aligned_span", "align_meta.json")))
+    for name in SOURCES:
+        assert meta["aligned_fraction"][name] >= span["aligned_fraction"][name]
+        assert meta["one_to_one_fraction"][name] == span["aligned_fraction"][name]
+
+
+def test_stage_cache_is_keyed_on_code(demo_dir, monkeypatch):
+    """A changed pack stage (new code) reruns pack and what reads it, nothing upstream."""
+    from fusekern.demo import run as demo_run
+
+    real = demo_run.code_digest
+    monkeypatch.setattr(demo_run, "code_digest", lambda stage: real(stage) + ("x" if stage == "pack" else ""))
+    assert main(["demo", "--size", "tiny", "--out", demo_dir]) == 0
+    res = _results(demo_dir)
+    rerun = set(res["stage_seconds"]) - set(res["cached_stages"])
+    assert rerun == {"pack:span", "train:fused:span", "score:fused:span", "validate:fused:span"}
+    # the digest covers every file a stage runs and the library versions
+    assert real("pack") != real("align") and real("train") == real("train")
+
+
+def test_default_threads_follow_the_free_cores(monkeypatch):
+    from fusekern.demo.run import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert default_threads() == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert default_threads() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert default_threads() == 1
+
+
+def test_one_colour_per_run_in_every_panel():
+    from fusekern.demo.report import run_colors
+
+    names = ["prose_neox", "code_mpt", "target_before", "clm_baseline", "fused"]
+    colors = run_colors(names)
+    assert len(set(colors.values())) == len(names)
+    assert colors["clm_baseline"] == "tab:gray" and colors["fused"] == "tab:red"
+    assert run_colors(names) == colors
 
 
 def test_bad_flags(tmp_path, capsys):

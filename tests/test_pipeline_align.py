@@ -102,20 +102,38 @@ def test_hand_checked_bytes_mode(hand_case):
     ids, logits = r["teacher_ids"][:, 0], r["teacher_logits"][:, 0]
     # Byte groups: [ab]~[ab], [cc]~[cc], [xyz]~[xy, z], [</s>]~[</s>].
     # t=0 predicts "cc", a 1:1 group with source token 1: source position 0's top-k
-    #   [cc, q, a, padded row] -> [9, 2 (q->a), 2 (duplicate: dropped), -1 (no token: dropped)].
-    np.testing.assert_array_equal(ids[0], [9, 2, -1, -1])
-    np.testing.assert_array_equal(logits[0], [3, 2, 0, 0])
+    #   [cc, q, a, padded row] -> [9, 2 (q->a), 2 (a: kept, the loss adds the two), -1 (no token)].
+    np.testing.assert_array_equal(ids[0], [9, 2, 2, -1])
+    np.testing.assert_array_equal(logits[0], [3, 2, 1.5, 0])
     # t=1 predicts "xyz", cut in two by the source: one-hot on the NEXT gold token "xyz" (11).
     np.testing.assert_array_equal(ids[1], [11, -1, -1, -1])
     np.testing.assert_array_equal(logits[1], [1, 0, 0, 0])
     # t=2 predicts </s>: 1:1 with source </s>; source position 3's top-k [</s>, z, q, a].
-    np.testing.assert_array_equal(ids[2], [1, 7, 2, -1])
-    np.testing.assert_array_equal(logits[2], [5, 1, 0.5, 0])
+    np.testing.assert_array_equal(ids[2], [1, 7, 2, 2])
+    np.testing.assert_array_equal(logits[2], [5, 1, 0.5, 0.25])
     np.testing.assert_array_equal(ids[3], [-1, -1, -1, -1])  # the EOS predicts nothing
     # Gold-token CE: "cc" -> ce[0]; "xyz" -> ce[1] + ce[2] (the group's NLL); </s> -> ce[3].
     np.testing.assert_allclose(r["source_ce"][:, 0], [0.1, 0.5, 0.4, 0.0], rtol=1e-6)
     np.testing.assert_allclose(r["source_ce_doc"], [0.25], rtol=1e-6)
     assert r["n_aligned"].tolist() == [2] and r["used_dtw"].tolist() == [False]
+    assert r["n_one_to_one"].tolist() == [2]
+
+    # positions="boundary": t=1's context "abcc" also ends at a source boundary (after source
+    # token 1), so it takes source position 1's top-k [xy, x, c, a] (ids equal in both vocabs)
+    # although the next tokens differ ("xyz" vs "xy"); the other positions are as above.
+    out = str(root / "boundary")
+    rb = _row(run_align(tgt, [text], [path], out, positions="boundary"))
+    np.testing.assert_array_equal(rb["teacher_ids"][:, 0], [ids[0], [10, 5, 4, 2], ids[2], ids[3]])
+    np.testing.assert_array_equal(
+        rb["teacher_logits"][:, 0], [logits[0], [2, 1, 0, -1], logits[2], logits[3]]
+    )
+    np.testing.assert_array_equal(rb["source_ce"], r["source_ce"])  # the gold token's CE: same rule
+    assert rb["n_aligned"].tolist() == [3] and rb["n_one_to_one"].tolist() == [2]
+    meta = json.load(open(os.path.join(out, "align_meta.json")))
+    assert meta["positions"] == "boundary"
+    assert meta["aligned_fraction"] == {"src": 1.0} and meta["one_to_one_fraction"] == {
+        "src": pytest.approx(2 / 3)
+    }
 
 
 def test_hand_checked_fusellm_mode(hand_case):
@@ -139,9 +157,11 @@ def test_hand_checked_fusellm_mode(hand_case):
 
 
 def _first_bytes(tok_bytes: list, ids, text: str) -> list:
-    """Token bytes, the first token without a SentencePiece dummy-prefix space."""
+    """Token bytes, the first token without a SentencePiece dummy-prefix space: one the text
+    lacks, or one too many (Llama-2 prepends it to a text that starts with a space too)."""
     out = [tok_bytes[i] for i in ids]
-    if out and not text.startswith(" ") and out[0][:1] == b" ":
+    extra = len(b"".join(out)) == len(text.encode()) + 1
+    if out and out[0][:1] == b" " and (not text.startswith(" ") or extra):
         out[0] = out[0][1:]
     return out
 
@@ -174,6 +194,24 @@ def _ref_bytes_source(text, t_ids, s_ids, t_bytes, s_bytes):
             if len(hits) == 1 and hits[0] >= 1:
                 u = hits[0] - 1
         out.append(u)
+    return out + [None]
+
+
+def _ref_boundary_source(text, t_ids, s_ids, t_bytes, s_bytes):
+    """For each target position t, the first source position u whose context ends at the same
+    byte and whose next token is zero-width exactly when target token t+1 is; "dtw" if the byte
+    strings differ."""
+    tp, sp = _first_bytes(t_bytes, t_ids, text), _first_bytes(s_bytes, s_ids, text)
+    if b"".join(tp) != b"".join(sp):
+        return "dtw"
+    t_end = [len(b"".join(tp[: t + 1])) for t in range(len(tp))]
+    s_end = [len(b"".join(sp[: u + 1])) for u in range(len(sp))]
+    out = []
+    for t in range(len(tp) - 1):
+        hits = [
+            u for u in range(len(sp) - 1) if s_end[u] == t_end[t] and (sp[u + 1] == b"") == (tp[t + 1] == b"")
+        ]
+        out.append(hits[0] if hits else None)
     return out + [None]
 
 
@@ -211,7 +249,9 @@ def _ref_fusellm_source(t_ids, s_ids, t_tok, s_tok, lut, canon):
     return out
 
 
-def _expected_teacher(u, t, t_ids, top_ids, top_logits, lut, k):
+def _expected_teacher(u, t, t_ids, top_ids, top_logits, lut, k, keep_repeats):
+    """The source's top-k at u through the vocab map, unmapped ids dropped; a repeated target id
+    is kept (bytes mode: the loss adds its probabilities) or dropped (FuseLLM keeps the first)."""
     if t == len(t_ids) - 1:
         return [], []
     if u is None:
@@ -219,18 +259,21 @@ def _expected_teacher(u, t, t_ids, top_ids, top_logits, lut, k):
     ids, logits = [], []
     for i, v in zip(top_ids[u], top_logits[u]):
         m = int(lut[i]) if i < len(lut) else -1
-        if m >= 0 and m not in ids:
+        if m >= 0 and (keep_repeats or m not in ids):
             ids.append(m)
             logits.append(float(v))
     return ids, logits
 
 
-@pytest.mark.parametrize("mode", ["bytes", "fusellm"])
-def test_matches_python_reference_on_three_tokenizer_families(mode, aligned, extracts, docs, tiny_lms):
+@pytest.mark.parametrize("rule", ["bytes", "fusellm", "boundary"])
+def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, extracts, docs, tiny_lms):
     names, out = aligned
-    ds = datasets.load_from_disk(out[mode]).with_format("numpy")
-    meta = json.load(open(os.path.join(out[mode], "align_meta.json")))
+    mode = "fusellm" if rule == "fusellm" else "bytes"
+    ds = datasets.load_from_disk(out[rule]).with_format("numpy")
+    span_ds = datasets.load_from_disk(out["bytes"]).with_format("numpy")
+    meta = json.load(open(os.path.join(out[rule], "align_meta.json")))
     assert meta["sources"] == names and meta["mode"] == mode and meta["top_k"] == TOP_K
+    assert meta["positions"] == ("boundary" if rule == "boundary" else "span")
     t_tok = tiny_lms[TARGET].tokenizer
     t_bytes = token_bytes(t_tok)
     canon = canonical_target_ids(t_tok)
@@ -252,15 +295,25 @@ def test_matches_python_reference_on_three_tokenizer_families(mode, aligned, ext
                 if ref == "dtw":
                     n_dtw[name] += 1
                     ref = _ref_dtw_bytes_source(t_ids, s_ids, t_tok, s_tok, lut, exact, canon)
+                one_to_one = ref
+                if rule == "boundary" and not r["used_dtw"][s]:
+                    ref = _ref_boundary_source(text, t_ids, s_ids, t_bytes, s_bytes)
+                    # boundary ⊇ span, with the same source position where span teaches
+                    assert all(b == u for u, b in zip(one_to_one, ref) if u is not None)
+                assert r["n_one_to_one"][s] == sum(u is not None for u in one_to_one)
             else:
                 ref = _ref_fusellm_source(t_ids, s_ids, t_tok, s_tok, lut, canon)
             for t, u in enumerate(ref):
-                ids, logits = _expected_teacher(u, t, t_ids, e["topk_ids"], e["topk_logits"], lut, TOP_K)
+                ids, logits = _expected_teacher(
+                    u, t, t_ids, e["topk_ids"], e["topk_logits"], lut, TOP_K, keep_repeats=mode == "bytes"
+                )
                 got = r["teacher_ids"][t, s]
                 assert got[: len(ids)].tolist() == ids and (got[len(ids) :] == -1).all(), (name, d, t)
                 np.testing.assert_array_equal(r["teacher_logits"][t, s][: len(ids)], np.float16(logits))
-                if u is not None and mode == "bytes":  # exactly the source's CE of that token
+                if u is not None and rule == "bytes":  # exactly the source's CE of that token
                     assert r["source_ce"][t, s] == np.float32(e["ce"][u])
+            if rule == "boundary":  # the gold token's CE does not depend on the positions rule
+                np.testing.assert_array_equal(r["source_ce"][:, s], span_ds[d]["source_ce"][:, s])
             # Each group's source NLL is shared by its target tokens: with identical bytes and a 1:1
             # first group, the document's total NLL is kept exactly.
             tp, sp = _first_bytes(t_bytes, t_ids, text), _first_bytes(s_bytes, s_ids, text)
@@ -277,13 +330,38 @@ def test_matches_python_reference_on_three_tokenizer_families(mode, aligned, ext
         assert 1 <= n_dtw["gpt2_uni"] < len(docs)  # NFKC and <unk>: some unigram byte strings differ
     frac = meta["aligned_fraction"]
     assert frac[TARGET] == 1.0 and 0.3 < frac["neox_bbpe"] < 1 and 0.3 < frac["gpt2_uni"] < 1, frac
+    span_frac = json.load(open(os.path.join(out["bytes"], "align_meta.json")))["aligned_fraction"]
+    if rule == "boundary":
+        assert all(frac[n] > span_frac[n] for n in names if n != TARGET), (frac, span_frac)
+    if mode == "bytes":
+        assert meta["one_to_one_fraction"] == span_frac
+
+
+@pytest.mark.parametrize("rule", ["bytes", "boundary"])
+def test_teacher_distributions_are_distributions(rule, aligned, tiny_lms):
+    """Where a teacher exists, its probabilities (softmax of the listed logits, repeated ids
+    adding, -1 entries ignored) sum to 1 over valid target ids; the EOS position has none."""
+    names, out = aligned
+    vocab = len(tiny_lms[TARGET].tokenizer)
+    ds = datasets.load_from_disk(out[rule]).with_format("numpy")
+    for d in range(len(ds)):
+        ids, logits = ds[d]["teacher_ids"], ds[d]["teacher_logits"].astype(np.float64)
+        valid = ids >= 0
+        assert (ids[valid] < vocab).all()
+        assert not valid[-1].any() and valid[:-1, :, 0].all()  # every predicting position has one
+        assert (np.sort(~valid, axis=-1, kind="stable") == ~valid).all()  # compacted to the left
+        for t, s in zip(*np.nonzero(valid[:, :, 0])):
+            v = valid[t, s]
+            q = np.exp(logits[t, s][v] - logits[t, s][v].max())
+            dense = np.bincount(ids[t, s][v], weights=q / q.sum(), minlength=vocab)
+            assert dense.shape == (vocab,) and dense.sum() == pytest.approx(1.0, rel=1e-12)
 
 
 def test_target_as_its_own_source_gives_its_own_topk(aligned, extracts):
     names, out = aligned
     s = names.index(TARGET)
     ext = load_extract(extracts[TARGET])[0].with_format("numpy")
-    for mode in ("bytes", "fusellm"):
+    for mode in ("bytes", "fusellm", "boundary"):
         ds = datasets.load_from_disk(out[mode]).with_format("numpy")
         for d in range(len(ds)):
             r, e = ds[d], ext[d]

@@ -16,10 +16,13 @@ For a fast tokenizer (``tokenizers`` backend) the table is derived from its JSON
 Sequence-level decoder steps (``Strip``, ``Fuse``, WordPiece ``cleanup``, the Metaspace rule
 that drops the first token's leading space) are **not** applied: a token keeps its space.
 So for a tokenizer that adds a SentencePiece *dummy prefix* (see :func:`adds_dummy_prefix`),
-joining the bytes of ``tokenizer(text)`` gives ``b" " + text`` (no extra space if ``text``
-already starts with one), and for every tokenizer the join equals the text after the
-tokenizer's normaliser (NFKC, lowercasing, …). WordPiece does not keep whitespace, so only
-the non-whitespace bytes match there.
+joining the bytes of ``tokenizer(text)`` gives ``b" " + text`` — also when ``text`` already
+starts with a space if the prefix comes from a ``Prepend('▁')`` normaliser (genuine Llama-2 /
+OpenLLaMA: ``" Hello world"`` → ``[b" ", b" Hello", b" world"]``), but not with a Metaspace
+pre-tokenizer, which adds none to a text that starts with one. Which case holds is decided per
+document from the bytes (:func:`fusekern.pipeline.align.strip_dummy_prefix`). Otherwise the
+join equals the text after the tokenizer's normaliser (NFKC, lowercasing, …). WordPiece does
+not keep whitespace, so only the non-whitespace bytes match there.
 
 Slow (Python) tokenizers are read through their own tables: a ``byte_decoder`` (GPT-2 style)
 or a ``sp_model`` (SentencePiece: byte pieces, control/unknown pieces, '▁'); otherwise each
@@ -353,7 +356,9 @@ def adds_dummy_prefix(tokenizer: Any) -> bool:
     """Whether encoding prepends a space to the text (SentencePiece "dummy prefix": a
     Metaspace pre-tokenizer with ``prepend_scheme`` 'always'/'first', a ``Prepend('▁')``
     normaliser, or ByteLevel ``add_prefix_space``). Then the joined :func:`token_bytes` of
-    an encoding start with that space (unless the text already starts with one)."""
+    an encoding start with that space — with a ``Prepend`` normaliser even when the text
+    already starts with one, so whether a first token's space is the text's own cannot be told
+    from this flag: the pipeline decides it per document from the bytes."""
     backend = _backend_of(tokenizer)
     if backend is None:
         return bool(getattr(tokenizer, "add_prefix_space", False) or getattr(tokenizer, "sp_model", None))

@@ -6,9 +6,26 @@ as UTF-8 with ``errors="surrogateescape"``, so 'Ġthe', '▁the' and WordPiece's
 fragment, a ``<0xE6>`` byte-fallback piece) becomes the lone surrogate U+DC80+byte: two such
 fragments match exactly when they are the same byte, and never collide with real text.
 
-- Non-special source tokens: exact surface match if the target has one, else the target
-  token at minimum Levenshtein distance among the target's non-special tokens with a
-  non-empty surface (:func:`~fusekern.align.mined_map`: ties → lowest id).
+- Non-special source tokens, in this order (the target's non-special tokens with a non-empty
+  surface are the candidates):
+
+  1. **exact**: the target token with the same bytes;
+  2. **prefix**: else the target token that is the *longest byte prefix* of the source token:
+     the token a target starts those bytes with (``误`` onto Llama-2: ``<0xE8>``, its first
+     UTF-8 byte; ``" thereby"`` onto a target that has ``" there"``: ``" there"``). This is
+     what the target could really emit where the source predicts that token;
+  3. **MinED**: else (no target token is a prefix: a target without byte fallback) the target
+     token at minimum Levenshtein distance of the surfaces, ties going to the token sharing
+     the most leading characters with the source, then the lowest id
+     (``_C.mined_map(..., prefer_prefix=True)``; :func:`~fusekern.align.mined_map` itself
+     keeps lowest-id ties).
+
+  FuseLLM maps by MinED alone, over raw vocabulary strings (its '▁'/'Ġ' markers included; a
+  newline can land on a space, ``<|endoftext|>`` on the word "Context") and breaks ties
+  nondeterministically. Plain MinED with lowest-id ties sends every character a byte-fallback
+  target lacks to ``<0x00>`` (its byte pieces sit at the lowest ids: 18,057 Qwen2 tokens onto
+  Llama-2's NUL), which would teach the target to emit NUL bytes; the prefix rule sends them
+  to the byte the target would really start them with.
 - Special source tokens (bos/eos/unk/pad/…, empty surface): the target special token with
   the same content, else the one with the same role (eos, bos, unk, pad, sep, cls, mask in
   that order); ``-1`` if there is none (-1 is padding in the teacher-id convention).
@@ -26,7 +43,8 @@ Then a vocabulary-level policy picks *which* target id among those with the mapp
    match goes to the non-``<0xNN>`` id, then the lowest id (:func:`canonical_target_ids`).
 
 Both only move a source id between target ids with *identical* surfaces, so ``distance``
-and ``exact`` (functions of the two surfaces) are those of the plain MinED map.
+and ``exact`` (functions of the two surfaces) are kept. ``distance`` is always the edit
+distance of the two surfaces (0 = exact), whichever rule chose the target.
 """
 
 from __future__ import annotations
@@ -91,9 +109,10 @@ class VocabMap:
 
     ``ids`` int64 (``-1`` = no counterpart), ``distance`` int64 edit distance of the surface
     strings (0 = exact; -1 for special/unmapped ids), ``exact`` bool, ``special`` bool (the
-    source id is a special token, mapped by content or role). ``tokenizers``: what the map was
-    made for (``{"source": ..., "target": ...}``, free-form, saved with it; see
-    ``fusekern.pipeline.vocab``), or None.
+    source id is a special token, mapped by content or role), ``prefix`` bool (mapped to its
+    longest target byte prefix; all False in maps written before that rule existed).
+    ``tokenizers``: what the map was made for (``{"source": ..., "target": ...}``, free-form,
+    saved with it; see ``fusekern.pipeline.vocab``), or None.
     """
 
     ids: np.ndarray
@@ -102,6 +121,11 @@ class VocabMap:
     special: np.ndarray
     target_size: int
     tokenizers: dict | None = None
+    prefix: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefix is None:
+            self.prefix = np.zeros(self.ids.shape[0], dtype=bool)
 
     @property
     def source_size(self) -> int:
@@ -113,7 +137,8 @@ class VocabMap:
             "source_size": self.source_size,
             "target_size": int(self.target_size),
             "exact": int(np.count_nonzero(self.exact)),
-            "mined": int(np.count_nonzero(mapped & ~self.exact & ~self.special)),
+            "prefix": int(np.count_nonzero(mapped & self.prefix & ~self.exact)),
+            "mined": int(np.count_nonzero(mapped & ~self.exact & ~self.special & ~self.prefix)),
             "special": int(np.count_nonzero(self.special & mapped)),
             "unmapped": int(np.count_nonzero(~mapped)),
         }
@@ -131,6 +156,7 @@ class VocabMap:
                 "distance": self.distance.tolist(),
                 "exact": self.exact.tolist(),
                 "special": self.special.tolist(),
+                "prefix": self.prefix.tolist(),
             }
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(doc, f)
@@ -144,6 +170,7 @@ class VocabMap:
                 distance=self.distance,
                 exact=self.exact,
                 special=self.special,
+                prefix=self.prefix,
                 meta=np.array(meta),
             )
         return path
@@ -160,12 +187,12 @@ class VocabMap:
             with open(path, encoding="utf-8") as f:
                 meta = json.load(f)
             check(meta, meta)
-            arrays = {k: meta[k] for k in fields}
+            arrays = {k: meta[k] for k in (*fields, "prefix") if k in meta}
         else:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 check(meta, z.files)
-                arrays = {k: z[k] for k in fields}
+                arrays = {k: z[k] for k in (*fields, "prefix") if k in z.files}
         return cls(
             ids=np.asarray(arrays["ids"], dtype=np.int64),
             distance=np.asarray(arrays["distance"], dtype=np.int64),
@@ -173,6 +200,7 @@ class VocabMap:
             special=np.asarray(arrays["special"], dtype=bool),
             target_size=int(meta["target_size"]),
             tokenizers=meta.get("tokenizers"),
+            prefix=np.asarray(arrays["prefix"], dtype=bool) if "prefix" in arrays else None,
         )
 
 
@@ -189,7 +217,16 @@ def _special_target(src: Any, tgt: Any, sid: int, tgt_content: dict) -> int:
 
 
 def _id_strings(tok: Any, n: int) -> list[str | None]:
-    """The vocabulary string of each id below ``n`` (None where the tokenizer has none)."""
+    """The vocabulary string of each id below ``n`` (None where the tokenizer has none),
+    computed once per tokenizer object, size and ``n`` (a shared list: do not modify)."""
+    key, size = ("strings", id(tok), n), _size(tok)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not tok or hit[1] != size:
+        hit = _TABLES[key] = (tok, size, _read_id_strings(tok, n))
+    return hit[2]
+
+
+def _read_id_strings(tok: Any, n: int) -> list[str | None]:
     if hasattr(tok, "convert_ids_to_tokens"):
         strings = tok.convert_ids_to_tokens(list(range(n)))
     elif hasattr(tok, "id_to_token"):
@@ -201,7 +238,18 @@ def _id_strings(tok: Any, n: int) -> list[str | None]:
 
 def canonical_target_ids(target_tokenizer: Any) -> np.ndarray:
     """For each target id, the id the target itself would use for that surface: non-byte-piece
-    first, then lowest id. Special and empty-surface ids map to themselves."""
+    first, then lowest id. Special and empty-surface ids map to themselves. Computed once per
+    tokenizer object and size (a read-only array)."""
+    key, size = ("canon", id(target_tokenizer)), _size(target_tokenizer)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not target_tokenizer or hit[1] != size:
+        canon = _canonical_target_ids(target_tokenizer)
+        canon.flags.writeable = False
+        hit = _TABLES[key] = (target_tokenizer, size, canon)
+    return hit[2]
+
+
+def _canonical_target_ids(target_tokenizer: Any) -> np.ndarray:
     surface = token_tables(target_tokenizer)[1]
     n = len(surface)
     strings = _id_strings(target_tokenizer, n)
@@ -247,7 +295,13 @@ def refine_vocab_map(vmap: VocabMap, source_tokenizer: Any, target_tokenizer: An
         if t is not None and t < len(tgt_surface) and src_surface[s] and tgt_surface[t] == src_surface[s]:
             ids[s] = t
     return VocabMap(
-        ids=ids, distance=vmap.distance, exact=vmap.exact, special=vmap.special, target_size=vmap.target_size
+        ids=ids,
+        distance=vmap.distance,
+        exact=vmap.exact,
+        special=vmap.special,
+        target_size=vmap.target_size,
+        tokenizers=vmap.tokenizers,
+        prefix=vmap.prefix,
     )
 
 
@@ -260,16 +314,17 @@ def map_vocab(
     chunk: int = 8192,
     refine: bool = True,
 ) -> VocabMap:
-    """Map every source id to a target id (see module doc).
+    """Map every source id to a target id (see module doc): exact bytes, else the longest
+    target byte prefix, else MinED over surface strings with ties towards shared leading
+    characters.
 
-    The edit-distance search is :func:`~fusekern.align.mined_map` over surface strings
-    (exact match wins, ties → lowest target id); with ``refine=True`` (default) the
-    vocabulary-level policy of :func:`refine_vocab_map` then chooses among target ids with
-    the same surface (same token string first, else no ``<0xNN>`` byte-fallback piece, else
-    lowest id). ``distance``/``exact`` are the same either way. ``refine=False`` gives the
-    plain MinED map. ``progress(done, total)`` is called after each chunk of source tokens.
+    With ``refine=True`` (default) the vocabulary-level policy of :func:`refine_vocab_map` then
+    chooses among target ids with the same surface (same token string first, else no
+    ``<0xNN>`` byte-fallback piece, else lowest id). ``distance``/``exact`` are the same
+    either way. ``progress(done, total)`` is called after each chunk of MinED searches.
     """
-    from fusekern.align import mined_map  # the package face validates `threads`
+    from fusekern import _C
+    from fusekern.align._validate import threads_arg
 
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
@@ -301,21 +356,40 @@ def map_vocab(
             special[s] = True
             ids[s] = _special_target(source_tokenizer, target_tokenizer, s, tgt_content)
 
-    todo = [s for s in range(ns) if not special[s] and src_surface[s]]
+    # exact bytes, else the longest target byte prefix (lowest id among equal bytes: the
+    # refinement then picks among them, as for the MinED matches)
+    src_raw, tgt_raw = token_tables(source_tokenizer)[0], token_tables(target_tokenizer)[0]
+    by_bytes: dict = {}
+    for t in cand:
+        by_bytes.setdefault(tgt_raw[t], t)
+    longest = max(map(len, by_bytes))
+    prefix = np.zeros(ns, dtype=bool)
+    todo = []
+    for s in range(ns):
+        if special[s] or not src_surface[s]:
+            continue
+        raw = src_raw[s]
+        for n in range(min(len(raw), longest), 0, -1):
+            t = by_bytes.get(raw[:n])
+            if t is not None:
+                ids[s] = t
+                prefix[s] = n < len(raw)
+                dist[s] = _C.levenshtein(src_surface[s], tgt_surface[t]) if n < len(raw) else 0
+                break
+        else:
+            todo.append(s)
     total = len(todo)
     if progress is not None:
         progress(0, total)
     for start in range(0, total, max(1, chunk)):
         part = todo[start : start + chunk]
-        found, d = mined_map(
-            [src_surface[s] for s in part], cand_strings, threads=threads, return_distance=True
-        )
+        found, d = _C.mined_map([src_surface[s] for s in part], cand_strings, threads_arg(threads), True)
         ids[part] = cand_ids[found]
         dist[part] = d
         if progress is not None:
             progress(min(start + chunk, total), total)
     exact = dist == 0
-    vmap = VocabMap(ids=ids, distance=dist, exact=exact, special=special, target_size=nt)
+    vmap = VocabMap(ids=ids, distance=dist, exact=exact, special=special, target_size=nt, prefix=prefix)
     return refine_vocab_map(vmap, source_tokenizer, target_tokenizer) if refine else vmap
 
 

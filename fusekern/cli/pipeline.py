@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from fusekern.cli.demo import POSITIONS
 from fusekern.pipeline.paths import check_name_or_path
 
 __all__ = ["register"]
@@ -84,6 +85,7 @@ def _align(args: argparse.Namespace) -> int:
         source_names=args.source_names,
         vocab_maps=args.vocab_maps,
         mode=args.mode,
+        **({"positions": args.positions} if args.positions is not None else {}),
         num_proc=args.num_proc,
         text_column=args.text_column,
         split=args.split,
@@ -205,6 +207,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mode", choices=("bytes", "fusellm"), default="bytes", help="alignment rule (default: bytes)"
+    )
+    p.add_argument(
+        "--positions",
+        choices=POSITIONS,
+        default=None,
+        help="bytes mode: which target positions take a source's top-k: 'span' (next tokens cut alike) "
+        "or 'boundary' (every shared token boundary); default: run_align's (docs/DATA_FORMAT.md)",
     )
     p.add_argument("--out", required=True, help="output directory")
     _overwrite_arg(p, "align")

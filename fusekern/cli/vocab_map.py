@@ -1,4 +1,5 @@
-"""``fusekern vocab-map``: map a source tokenizer's vocabulary onto a target's (MinED).
+"""``fusekern vocab-map``: map a source tokenizer's vocabulary onto a target's (exact bytes, else
+the longest target byte prefix, else MinED).
 
 Writes a ``.npz`` (arrays ``ids``, ``distance``, ``exact``, ``special`` indexed by source id,
 plus a ``meta`` JSON string with the two tokenizers' fingerprints) or a ``.json`` (same fields
@@ -17,7 +18,7 @@ __all__ = ["register", "run"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "vocab-map",
-        help="map source token ids to target token ids (exact match, else min edit distance)",
+        help="map source token ids to target token ids (exact, else longest target byte prefix, else MinED)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -36,6 +36,7 @@ class DemoConfig:
     vocab_size: int = 4000
     tokenizer_chars: int = 500_000  # per domain, text the tokenizers are trained on
     held_out_chars: int = 60_000  # per domain
+    validation_chars: int = 60_000  # per domain, taken from the fusion documents' side (for choices)
     fusion_chars: int = 300_000  # per domain: the continual-training (fusion) corpus
     max_doc_chars: int = 2000  # held-out/fusion documents are chunks of at most this many characters
     pretrain_chars: int = 2_000_000  # per domain, at most this much of the pretraining pool is tokenized
@@ -56,7 +57,9 @@ class DemoConfig:
     loss_type: str = "kl"
     target_as_source: bool = False
     align_mode: str = "bytes"
+    positions: str = "span"  # fusekern.pipeline.align.POSITIONS
     extract_batch: int = 16
+    size: str = "custom"  # the preset it came from: "tiny" numbers are not evidence of anything
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +74,7 @@ def full() -> DemoConfig:
     byte-level BPE, as MPT-7B has) and a Llama target with a SentencePiece-BPE tokenizer (the
     Llama-2 family), smaller and trained for fewer steps than the sources."""
     return DemoConfig(
+        size="full",
         sources=(
             ModelSpec(
                 "prose_neox", "gpt_neox", "unigram", prose_fraction=0.9, steps=160, hidden=192, layers=3
@@ -86,10 +90,12 @@ def full() -> DemoConfig:
 def tiny() -> DemoConfig:
     """Every stage at toy size (seconds); for tests, not for conclusions."""
     return DemoConfig(
+        size="tiny",
         block_size=64,
         vocab_size=400,
         tokenizer_chars=30_000,
         held_out_chars=3_000,
+        validation_chars=3_000,
         fusion_chars=6_000,
         max_doc_chars=1500,
         pretrain_chars=20_000,

@@ -11,8 +11,12 @@
                via ``fusekern train``'s code) and ``clm_baseline`` (λ = 1: CLM only)
 5. report      held-out perplexity and bits per byte per domain → ``results.json``, ``demo.png``
 
-Every stage caches its output under ``DIR``; a stage reruns only when its inputs or settings
-changed (its key hashes both), so a rerun with a new λ retrains only the fused target.
+Every stage caches its output under ``DIR``; a stage reruns only when its inputs, settings or
+code changed (its key hashes the settings, the keys of the stages it reads, the source of the
+fusekern modules it runs — ``_CODE`` — and the package/torch/transformers versions), so a rerun
+with a new λ retrains only the fused target, and an upgraded fusekern never reuses a stage its
+old code computed. The alignment rule (``positions``) names its own align/pack/fused stages, so
+both rules can live side by side in one ``DIR`` sharing everything upstream.
 """
 
 from __future__ import annotations
@@ -27,8 +31,116 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from fusekern.demo.config import DOMAINS, DemoConfig, ModelSpec, full
+from fusekern.demo.train import train_variant
 
 VARIANTS = ("target_before", "clm_baseline", "fused")
+
+# The fusekern sources each stage runs (relative to the package; "_C" = the native extension).
+_CODE = {
+    "corpus": ("demo/data.py", "toy/corpus.py"),
+    "model": ("demo/data.py", "demo/lm.py", "toy/models.py", "toy/tokenizers.py"),
+    "held_out": ("pipeline/split.py", "pipeline/io.py"),
+    "split": ("pipeline/split.py", "pipeline/io.py"),
+    "extract": ("pipeline/extract.py", "pipeline/io.py"),
+    "vocab_map": ("align/", "pipeline/vocab.py", "pipeline/io.py", "_C"),
+    "align": (
+        "align/",
+        "pipeline/align.py",
+        "pipeline/vocab.py",
+        "pipeline/io.py",
+        "pipeline/extract.py",
+        "_C",
+    ),
+    "pack": ("pipeline/pack.py", "pipeline/io.py"),
+    "train": ("demo/train.py", "cli/train.py", "trainer/", "loss.py", "ops/"),
+    "score": ("demo/lm.py",),
+    "validate": ("demo/lm.py",),
+}
+
+
+def _package_dir() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _code_files(entry: str) -> list:
+    root = _package_dir()
+    if entry == "_C":
+        return sorted(
+            os.path.join(root, f) for f in os.listdir(root) if f.startswith("_C.") or f.startswith("_C-")
+        )
+    path = os.path.join(root, entry)
+    if entry.endswith("/"):
+        return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
+    return [path]
+
+
+def code_digest(stage: str) -> str:
+    """Hash of the fusekern sources (and native extension) that stage ``stage`` runs, and of the
+    versions of fusekern, torch and transformers: part of every stage's cache key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fusekern
+
+    h = hashlib.sha256()
+    for entry in _CODE[stage]:
+        for path in _code_files(entry):
+            h.update(os.path.relpath(path, _package_dir()).encode())
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    h.update(fusekern.__version__.encode())
+    for dist in ("torch", "transformers"):
+        try:
+            h.update(f"{dist}={version(dist)}".encode())
+        except PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def environment() -> dict:
+    """fusekern/torch/transformers versions and the git commit of the package source (if any)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fusekern
+
+    env = {"fusekern": fusekern.__version__, "python": sys.version.split()[0]}
+    for dist in ("torch", "transformers", "tokenizers", "datasets"):
+        try:
+            env[dist] = version(dist)
+        except PackageNotFoundError:
+            env[dist] = None
+    try:
+        root = os.path.dirname(_package_dir())
+        git = ["git", "-C", root]
+        env["git_commit"] = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", "fusekern", "csrc"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        env["git_dirty"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None  # not a git checkout (an installed wheel)
+    return env
+
+
+def default_threads() -> int:
+    """torch threads for a machine that may be busy: the cores this process may use minus the
+    current load (1-minute average), at least 1. Oversubscribed torch threads make the demo
+    several times slower than one thread on a shared box."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def _say(msg: str) -> None:
@@ -48,6 +160,7 @@ class _Stages:
         self.t0 = time.time()
 
     def run(self, name: str, params: dict, fn: Callable[[], Any], outputs: tuple = ()) -> tuple:
+        params = dict(params, code=code_digest(name.split(":")[0]))
         key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
         marker = os.path.join(self.dir, name.replace(":", "__") + ".json")
         if not self.fresh and os.path.isfile(marker):
@@ -145,6 +258,8 @@ def _stage_held_out(
 
     pieces = {d: split_texts(corpus["held_out"][d], tokenizer_dirs, cfg.block_size) for d in DOMAINS}
     _write_json(paths["pieces"], pieces)
+    valid = {d: split_texts(corpus["validation"][d], tokenizer_dirs, cfg.block_size) for d in DOMAINS}
+    _write_json(paths["validation"], valid)
     tok = AutoTokenizer.from_pretrained(target_dir)
     rows = [
         [tok.eos_token_id, *ids]
@@ -154,55 +269,6 @@ def _stage_held_out(
     ds = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
     ds.save_to_disk(paths["eval_set"])
     return {d: {"pieces": len(p), "bytes": sum(len(t.encode()) for t in p)} for d, p in pieces.items()}
-
-
-def _train_variant(
-    cfg: DemoConfig, variant: str, target_dir: str, pack_dir: str, eval_dir: str, out: str
-) -> dict:
-    from transformers import TrainingArguments
-
-    from fusekern.cli.train import TrainModelArguments, run_train
-    from fusekern.trainer import FusionArguments
-
-    fusion = FusionArguments(
-        lm_weight=cfg.lm_weight if variant == "fused" else 1.0,
-        fusion_method=cfg.fusion_method,
-        ce_level=cfg.ce_level,
-        teacher_temperature=cfg.teacher_temperature,
-        loss_type=cfg.loss_type,
-        target_as_source=cfg.target_as_source,
-    )
-    args = TrainingArguments(
-        output_dir=out,
-        max_steps=cfg.train_steps,
-        per_device_train_batch_size=cfg.train_batch,
-        per_device_eval_batch_size=16,
-        learning_rate=cfg.train_lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, cfg.train_steps // 10),
-        weight_decay=0.1,
-        adam_beta2=0.95,
-        max_grad_norm=1.0,
-        logging_steps=max(1, cfg.eval_steps // 2),
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
-        eval_on_start=True,
-        prediction_loss_only=True,
-        save_strategy="no",
-        report_to=[],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=True,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        log_level="warning",
-    )
-    metrics = run_train(
-        TrainModelArguments(model_name_or_path=target_dir, data_path=pack_dir, eval_data_path=eval_dir),
-        fusion,
-        args,
-    )
-    return {"metrics": metrics, "fusion": asdict(fusion)}
 
 
 def _stage_score(cfg: DemoConfig, model_dir: str, pieces_path: str, name: str) -> dict:
@@ -226,18 +292,21 @@ def run_demo(
     threads: int | None = None,
 ) -> dict:
     """Run (or resume) the demo in ``out_dir``; returns what ``results.json`` holds.
-    ``threads``: torch intra-op threads (default: torch's, one per physical core)."""
+    ``threads``: torch intra-op threads (default: :func:`default_threads`, the free cores)."""
+    import torch
+
     from fusekern import pipeline
     from fusekern.demo.lm import summarize
     from fusekern.demo.report import plot, print_table
 
     t_start = time.time()
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is None:
+        threads = default_threads()
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
+    _say(f"{threads} torch thread(s)")
+    env = environment()  # at the start: the code the stages computed now run with
     cfg = cfg if cfg is not None else full()
     if not cfg.sources or cfg.target is None:
         raise ValueError("cfg needs at least one source and a target")
@@ -250,17 +319,22 @@ def run_demo(
     p = {
         "corpus": os.path.join(out_dir, "corpus.json"),
         "pieces": os.path.join(out_dir, "held_out_pieces.json"),
+        "validation": os.path.join(out_dir, "validation_pieces.json"),
         "eval_set": os.path.join(out_dir, "data", "held_out_target"),
         "split": os.path.join(out_dir, "data", "split"),
-        "align": os.path.join(out_dir, "data", "aligned"),
-        "pack": os.path.join(out_dir, "data", "packed"),
+        "align": os.path.join(out_dir, "data", f"aligned_{cfg.positions}"),
+        "pack": os.path.join(out_dir, "data", f"packed_{cfg.positions}"),
     }
     model_dir = {n: os.path.join(out_dir, "models", n) for n in names}
-    run_dir = {v: os.path.join(out_dir, "runs", v) for v in ("fused", "clm_baseline")}
+    run_dir = {
+        "fused": os.path.join(out_dir, "runs", f"fused_{cfg.positions}"),
+        "clm_baseline": os.path.join(out_dir, "runs", "clm_baseline"),
+    }
 
     # 1. corpus
     corpus_params = {
-        k: getattr(cfg, k) for k in ("held_out_chars", "fusion_chars", "max_doc_chars", "tokenizer_chars")
+        k: getattr(cfg, k)
+        for k in ("held_out_chars", "validation_chars", "fusion_chars", "max_doc_chars", "tokenizer_chars")
     }
     k_corpus, corpus_stats = st.run(
         "corpus", corpus_params, lambda: _stage_corpus(cfg, p["corpus"]), (p["corpus"],)
@@ -290,7 +364,7 @@ def run_demo(
         "held_out",
         {"corpus": k_corpus, "models": k_model, "block": cfg.block_size},
         lambda: _stage_held_out(cfg, corpus, tok_dirs, model_dir[tgt], p),
-        (p["pieces"], p["eval_set"]),
+        (p["pieces"], p["validation"], p["eval_set"]),
     )
 
     # 3. pipeline: split -> extract -> vocab map -> align -> pack
@@ -337,8 +411,14 @@ def run_demo(
         )
         vocab_files.append(vfile)
     k_align, _ = st.run(
-        "align",
-        {"extract": k_extract, "vocab": k_vocab, "split": k_split, "mode": cfg.align_mode},
+        f"align:{cfg.positions}",
+        {
+            "extract": k_extract,
+            "vocab": k_vocab,
+            "split": k_split,
+            "mode": cfg.align_mode,
+            "pos": cfg.positions,
+        },
         lambda: {
             "dir": pipeline.run_align(
                 model_dir[tgt],
@@ -348,12 +428,13 @@ def run_demo(
                 source_names=teachers,
                 vocab_maps=vocab_files,
                 mode=cfg.align_mode,
+                positions=cfg.positions,
             )
         },
         (p["align"],),
     )
     k_pack, _ = st.run(
-        "pack",
+        f"pack:{cfg.positions}",
         {"align": k_align, "block": cfg.block_size},
         lambda: {"dir": pipeline.run_pack(p["align"], p["pack"], block_size=cfg.block_size)},
         (p["pack"],),
@@ -361,7 +442,6 @@ def run_demo(
 
     # 4. continual training of the target: fused vs CLM-only control (same data, steps, lr, seed)
     train_common = {
-        "pack": k_pack,
         "target": k_model[tgt],
         "held": k_held,
         **{k: getattr(cfg, k) for k in ("train_steps", "train_batch", "train_lr", "eval_steps", "seed")},
@@ -377,32 +457,53 @@ def run_demo(
             "target_as_source",
         )
     }
+    # The control trains on the same blocks whatever the rule (only the teachers differ), so
+    # one control serves both rules.
     k_run = {}
+    stage_of = {"clm_baseline": "train:clm_baseline", "fused": f"train:fused:{cfg.positions}"}
     for variant in ("clm_baseline", "fused"):
-        params = dict(train_common, **(fusion_params if variant == "fused" else {}))
+        if variant == "fused":
+            params = dict(train_common, pack=k_pack, **fusion_params)
+        else:  # the blocks (input ids) of every rule's pack: target tokens of the split documents
+            params = dict(train_common, blocks={"split": k_split, "block": cfg.block_size})
         k_run[variant], _ = st.run(
-            f"train:{variant}",
+            stage_of[variant],
             params,
-            lambda variant=variant: _train_variant(
+            lambda variant=variant: train_variant(
                 cfg, variant, model_dir[tgt], p["pack"], p["eval_set"], run_dir[variant]
             ),
             (run_dir[variant],),
         )
 
-    # 5. held-out scores
+    # 5. held-out scores (every model), validation scores (the two runs: for choosing recipes)
     scored = {s.name: (model_dir[s.name], k_model[s.name]) for s in cfg.sources}
     scored.update(target_before=(model_dir[tgt], k_model[tgt]))
     scored.update({v: (run_dir[v], k_run[v]) for v in ("clm_baseline", "fused")})
-    scores = {}
+    suffix = {"fused": f":{cfg.positions}"}
+    scores, val_scores = {}, {}
     for name, (path, key) in scored.items():
         _, scores[name] = st.run(
-            f"score:{name}",
+            f"score:{name}{suffix.get(name, '')}",
             {"model": key, "held": k_held},
             lambda path=path, name=name: _stage_score(cfg, path, p["pieces"], name),
         )
+        if name in ("clm_baseline", "fused"):
+            _, val_scores[name] = st.run(
+                f"validate:{name}{suffix.get(name, '')}",
+                {"model": key, "held": k_held},
+                lambda path=path, name=name: _stage_score(cfg, path, p["validation"], name),
+            )
     summary = {name: summarize(s) for name, s in scores.items()}
 
     results = _results(cfg, summary, scores, model_info, corpus_stats, held_stats, st, run_dir, out_dir)
+    val = {name: summarize(s) for name, s in val_scores.items()}
+    vf, vb = val["fused"]["overall"]["bpb"], val["clm_baseline"]["overall"]["bpb"]
+    results["validation_bpb"] = {
+        name: {d: v[d]["bpb"] for d in (*DOMAINS, "overall")} for name, v in val.items()
+    }
+    results["fused_vs_clm_baseline"]["validation_bpb_change_percent"] = 100.0 * (vf - vb) / vb
+    results["environment"] = env
+    results["threads"] = threads
     results["seconds"] = round(time.time() - t_start, 1)  # this invocation (cached stages cost ~0)
     results["seconds_all_stages"] = round(sum(st.seconds.values()), 1)  # every stage, as when computed
     results["plot"] = plot(results, run_dir, os.path.join(out_dir, "demo.png"))

@@ -5,14 +5,23 @@ does) is aligned with each source's tokenisation, giving *groups* ``(a0, a1, b0,
 source tokens ``[a0, a1)`` and target tokens ``[b0, b1)`` that cover the same text.
 
 ``mode="bytes"`` (default). Groups come from :func:`fusekern.align.span_align_ids_batch` on
-``token_bytes``: the smallest runs covering identical bytes (a SentencePiece dummy-prefix
-space on a document's first token is ignored). Target position ``t`` predicts target token
-``t+1``; it takes the source's distribution at source position ``u`` exactly when target token
-``t+1`` and source token ``u+1`` form a 1:1 group, i.e. both tokenisations cut the text at the
-same byte offsets before and after that token: same context bytes, same next-token span. A
-document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
-DTW for that source: DTW path components serve as groups, and a 1:1 group counts only if the
-two tokens' surfaces are identical.
+``token_bytes``: the smallest runs covering identical bytes. A SentencePiece dummy-prefix
+space on a document's first token is dropped where the bytes show it is one
+(:func:`strip_dummy_prefix`, per document and side: Llama-2 adds it even to a text that starts
+with a space). Target position ``t`` predicts target token ``t+1``; which positions take a
+source's distribution is ``positions``:
+
+- ``"span"``: position ``t`` takes source position ``u`` exactly when target token ``t+1`` and
+  source token ``u+1`` form a 1:1 group, i.e. both tokenisations cut the text at the same byte
+  offsets before and after that token: same context bytes, same next-token span;
+- ``"boundary"``: position ``t`` takes source position ``u`` whenever both contexts end at the
+  same byte offset (:func:`boundary_positions`), a superset of ``span`` with the same ``u`` on
+  it; the source's candidates then count for the target token that starts the same bytes (the
+  vocab map's prefix rule).
+
+A document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
+DTW for that source (both rules): DTW path components serve as groups, and a 1:1 group counts
+only if the two tokens' surfaces are identical.
 
 ``mode="fusellm"``. FuseLLM's rule: DTW over all tokens (surface strings, spaces removed, as
 FuseLLM strips its '▁'/'Ġ' markers; edit-distance cost; full DTW with FuseLLM's tie order);
@@ -27,15 +36,20 @@ target token** (``input_ids[t+1]``, logit 1.0; FuseLLM puts it on the *current* 
 ``input_ids[t]``, a known bug). The last position of a document (the EOS, nothing to
 predict) has no teacher (ids all -1).
 
-Top-k lists are mapped to target ids with the vocab map (exact surface, else MinED; see
-:func:`fusekern.align.map_vocab`), unmappable ids dropped, duplicates dropped keeping the first
-(highest-logit) occurrence, the list compacted to the left and padded with -1 (logit 0).
+Top-k lists are mapped to target ids with the vocab map (exact surface, else the longest target
+byte prefix, else MinED; see :func:`fusekern.align.map_vocab`), unmappable ids dropped, the list
+compacted to the left and padded with -1 (logit 0). Repeated target ids are kept in bytes mode
+(the loss adds their probabilities); fusellm mode drops them keeping the first (highest-logit)
+occurrence, as FuseLLM does.
 
 Quality carried to target positions: ``source_ce[t, s]`` is the source's CE of the gold next
 target token: the source's NLL of the group containing target token ``t+1`` (sum of its
 per-token CE over the group's source tokens), shared equally by the group's predicted target
-tokens. In a 1:1 group that is exactly the source's per-token CE. (A document's first group may
-hold target tokens but only the unpredicted first source token: those get the document mean.)
+tokens. In a 1:1 group that is exactly the source's per-token CE. The same under both
+``positions`` rules: it measures how well the source predicts the gold continuation (what
+MinCE compares), whether or not its top-k is used at that position. (A document's first group
+may hold target tokens but only the unpredicted first source token: those get the document
+mean.)
 ``source_ce_doc[s]`` is the source's mean CE over the document (FuseLLM's ``metric_ce``).
 """
 
@@ -68,6 +82,7 @@ from fusekern.pipeline.paths import OutputDir, prepare_output_dir
 from fusekern.pipeline.vocab import build_vocab_map, load_vocab_map
 
 MODES = ("bytes", "fusellm")
+POSITIONS = ("span", "boundary")
 META_FILE = "align_meta.json"
 FORMAT = "fusekern-aligned/1"
 OUTPUT = OutputDir("align", META_FILE, (FORMAT,))
@@ -84,6 +99,7 @@ def aligned_features(num_sources: int, top_k: int) -> datasets.Features:
             "source_ce": seq(seq(val("float32"), length=num_sources)),
             "source_ce_doc": seq(val("float32"), length=num_sources),
             "n_aligned": seq(val("int32"), length=num_sources),
+            "n_one_to_one": seq(val("int32"), length=num_sources),
             "used_dtw": seq(val("bool"), length=num_sources),
         }
     )
@@ -104,6 +120,7 @@ class _Side:
         # Ids size..2*size-1: the same tokens with one leading space removed (dummy prefix).
         self.bytes_ext = raw + [b[1:] if b[:1] == b" " else b for b in raw]
         self.starts_with_space = np.fromiter((b[:1] == b" " for b in raw), dtype=bool, count=len(raw))
+        self.lens = np.fromiter((len(b) for b in self.bytes_ext), dtype=np.int64, count=2 * len(raw))
         self.dtw_strings = [s.replace(" ", "") for s in surface]
         self.lstrip_strings = [s[1:] if s[:1] == " " else s for s in surface]
         self._vocab = None
@@ -192,12 +209,91 @@ def _dedupe_compact(ids: np.ndarray, logits: np.ndarray) -> tuple:
     return ids, logits
 
 
+def _compact(ids: np.ndarray, logits: np.ndarray) -> tuple:
+    """Drop -1 ids, compact left, pad with -1 / 0. Repeated ids stay: the loss adds their
+    probabilities (API contract), so source mass that lands on one target id adds up."""
+    bad = ids < 0
+    rows = np.flatnonzero(bad.any(axis=1))
+    if rows.size:
+        order = np.argsort(bad[rows], axis=1, kind="stable")
+        sub_ids = np.take_along_axis(ids[rows], order, axis=1)
+        sub_log = np.take_along_axis(logits[rows], order, axis=1)
+        b = np.take_along_axis(bad[rows], order, axis=1)
+        sub_ids[b] = -1
+        sub_log[b] = 0
+        ids[rows] = sub_ids
+        logits[rows] = sub_log
+    return ids, logits
+
+
+def strip_dummy_prefix(flat: np.ndarray, off: np.ndarray, side: _Side, texts: Sequence[str]) -> np.ndarray:
+    """Token ids with the first token of each document replaced by its space-less twin (id +
+    ``side.size``) where that space is a SentencePiece dummy prefix, decided from the bytes: the
+    first token starts with a space and either the text does not, or the tokens' bytes are
+    exactly one byte longer than the text (Llama-2's ``Prepend('▁')`` normaliser adds the prefix
+    even to a text that starts with a space: ``" Hello"`` → ``[" ", " Hello"]``)."""
+    starts = off[:-1]
+    first = flat[starts]
+    joined = np.add.reduceat(side.lens[flat], starts) if flat.size else np.zeros(0, dtype=np.int64)
+    text_len = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    text_space = np.fromiter((t.startswith(" ") for t in texts), dtype=bool, count=len(texts))
+    strip = side.starts_with_space[first] & (~text_space | (joined == text_len + 1))
+    out = flat.copy()
+    out[starts[strip]] += side.size
+    return out
+
+
+def _context_ends(flat: np.ndarray, off: np.ndarray, lens: np.ndarray) -> tuple:
+    """Per position p: (document, byte offset inside it where the context ending with token p
+    ends, whether token p+1 has bytes, whether p is its document's last position)."""
+    width = lens[flat]
+    doc = np.repeat(np.arange(off.size - 1, dtype=np.int64), np.diff(off))
+    ends = np.cumsum(width)
+    ends -= (ends - width)[off[:-1]][doc]
+    last = np.zeros(flat.size, dtype=bool)
+    last[off[1:] - 1] = True
+    nxt = np.zeros(flat.size, dtype=np.int64)
+    nxt[:-1] = width[1:] > 0
+    nxt[last] = 0
+    return doc, ends, nxt, last
+
+
+def boundary_positions(
+    a_flat: np.ndarray,
+    a_off: np.ndarray,
+    a_lens: np.ndarray,
+    b_flat: np.ndarray,
+    b_off: np.ndarray,
+    b_lens: np.ndarray,
+) -> np.ndarray:
+    """For each position t of tokenisation b (ids into ``b_lens``; documents at ``b_off``), the
+    position u of a whose context ends at the same byte offset of the same document, else -1:
+    the positions where both tokenisations have a token boundary. Both must cover the same
+    bytes per document. A document's last position (nothing to predict) gets -1. The next
+    tokens must agree on being zero-width or not: where both are zero-width (the final EOS
+    pair) u is a's first such position; otherwise u is unique."""
+    a_doc, a_end, a_nxt, a_last = _context_ends(a_flat, a_off, a_lens)
+    b_doc, b_end, b_nxt, b_last = _context_ends(b_flat, b_off, b_lens)
+    width = 2 * (max(int(a_end.max(initial=0)), int(b_end.max(initial=0))) + 2)
+    pos = np.flatnonzero(~a_last)
+    keys = (a_doc * width + 2 * a_end + a_nxt)[pos]  # non-decreasing along the batch
+    kb = b_doc * width + 2 * b_end + b_nxt
+    out = np.full(b_flat.size, -1, dtype=np.int64)
+    if keys.size:
+        j = np.searchsorted(keys, kb)  # the first position with that key
+        j_ok = np.minimum(j, keys.size - 1)
+        hit = (j < keys.size) & (keys[j_ok] == kb) & ~b_last
+        out[hit] = pos[j_ok[hit]]
+    return out
+
+
 # ------------------------------------------------------------------------------- the batch op
 
 
 class _Context:
-    def __init__(self, tgt_tok, target: _Side, canon, sources, mode, top_k, threads, text_column):
+    def __init__(self, tgt_tok, target: _Side, canon, sources, mode, positions, top_k, threads, text_column):
         self.tgt_tok = tgt_tok
+        self.positions = positions
         self.target = target
         self.canon = canon
         self.sources = sources
@@ -235,19 +331,10 @@ def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat,
     groups: list = [None] * n
     dtw_docs: list = []
     if ctx.mode == "bytes":
-        not_space = np.array([not t.startswith(" ") for t in texts], dtype=bool)
-        a_list, b_list = [], []
-        for d in range(n):
-            a = src_flat[src_off[d] : src_off[d + 1]]
-            b = tgt_flat[tgt_off[d] : tgt_off[d + 1]]
-            if not_space[d] and src.side.starts_with_space[a[0]]:
-                a = a.copy()
-                a[0] += src.side.size
-            if not_space[d] and ctx.target.starts_with_space[b[0]]:
-                b = b.copy()
-                b[0] += ctx.target.size
-            a_list.append(a)
-            b_list.append(b)
+        a_adj = strip_dummy_prefix(src_flat, src_off, src.side, texts)
+        b_adj = strip_dummy_prefix(tgt_flat, tgt_off, ctx.target, texts)
+        a_list = [a_adj[src_off[d] : src_off[d + 1]] for d in range(n)]
+        b_list = [b_adj[tgt_off[d] : tgt_off[d + 1]] for d in range(n)]
         from fusekern.align import span_align_ids_batch
 
         res = span_align_ids_batch(
@@ -313,13 +400,22 @@ def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat,
 
     # Which target positions take which source position.
     src_pos = np.full(tgt_flat.size, -1, dtype=np.int64)
+    n_one = np.zeros(n, dtype=np.int32)
     if ctx.mode == "bytes":
         one = (a1 - a0 == 1) & (b1 - b0 == 1) & (a0 > 0) & (b0 > 0)
+        in_dtw = np.isin(doc_of_g, dtw_docs)
         if dtw_docs:  # DTW groups only count where the two tokens read the same
-            in_dtw = np.isin(doc_of_g, dtw_docs)
             same = src.exact[src_flat[ga0]] & (src.lut[src_flat[ga0]] == ctx.canon[tgt_flat[gb0]])
             one &= ~in_dtw | same
         src_pos[gb0[one] - 1] = ga0[one] - 1
+        n_one = np.bincount(doc_of_g[one], minlength=n).astype(np.int32)
+        if ctx.positions == "boundary" and len(dtw_docs) < n:
+            # every shared token boundary of the byte-equal documents (DTW ones keep the 1:1 rule)
+            byte_doc = np.ones(n, dtype=bool)
+            byte_doc[dtw_docs] = False
+            b_pos = boundary_positions(a_adj, src_off, src.side.lens, b_adj, tgt_off, ctx.target.lens)
+            take = byte_doc[np.repeat(np.arange(n), tgt_lens)]
+            src_pos[take] = b_pos[take]
     else:
         ok = single >= 0
         ok[ok] = src.lut[src_flat[single[ok]]] == ctx.canon[tgt_flat[ok]]
@@ -335,7 +431,8 @@ def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat,
     ids = out["teacher_ids"]
     logits = out["teacher_logits"]
     aligned = np.flatnonzero(src_pos >= 0)
-    m_ids, m_log = _dedupe_compact(src.lut[top_ids[src_pos[aligned]]], top_log[src_pos[aligned]].copy())
+    project = _compact if ctx.mode == "bytes" else _dedupe_compact  # FuseLLM keeps the first of repeats
+    m_ids, m_log = project(src.lut[top_ids[src_pos[aligned]]], top_log[src_pos[aligned]].copy())
     ids[aligned, s, :ks] = m_ids
     logits[aligned, s, :ks] = m_log
     fallback = np.flatnonzero((src_pos < 0) & ~is_last)
@@ -346,6 +443,7 @@ def _align_source(ctx: _Context, src: _Source, s: int, texts, lo: int, tgt_flat,
     out["n_aligned"][:, s] = np.bincount(
         np.searchsorted(tgt_off, aligned, side="right") - 1, minlength=n
     ).astype(np.int32)
+    out["n_one_to_one"][:, s] = n_one
     out["used_dtw"][dtw_docs, s] = True
 
 
@@ -375,6 +473,7 @@ def _align_batch(batch: pa.Table, indices: list, *, ctx: _Context) -> pa.Table:
         "source_ce": np.zeros((nt, num_s), dtype=np.float32),
         "source_ce_doc": np.zeros((n, num_s), dtype=np.float32),
         "n_aligned": np.zeros((n, num_s), dtype=np.int32),
+        "n_one_to_one": np.zeros((n, num_s), dtype=np.int32),
         "used_dtw": np.zeros((n, num_s), dtype=bool),
     }
     for s, src in enumerate(ctx.sources):
@@ -400,6 +499,7 @@ def _align_batch(batch: pa.Table, indices: list, *, ctx: _Context) -> pa.Table:
             per_token(out["source_ce"], pa.float32(), (num_s,)),
             per_doc(out["source_ce_doc"], pa.float32()),
             per_doc(out["n_aligned"], pa.int32()),
+            per_doc(out["n_one_to_one"], pa.int32()),
             per_doc(out["used_dtw"], pa.bool_()),
         ],
         schema=aligned_features(num_s, k).arrow_schema,
@@ -428,6 +528,7 @@ def run_align(
     source_names: Sequence[str] | None = None,
     vocab_maps: Sequence[str | None] | None = None,
     mode: str = "bytes",
+    positions: str = "span",
     num_proc: int = 1,
     text_column: str = "text",
     split: str | None = None,
@@ -448,6 +549,10 @@ def run_align(
     t0 = time.time()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if mode == "fusellm" and positions != "span":
+        raise ValueError("positions='boundary' needs mode='bytes' (mode='fusellm' is FuseLLM's own rule)")
     if isinstance(source_extract_dirs, (str, os.PathLike)):
         source_extract_dirs = [source_extract_dirs]
     if not source_extract_dirs:
@@ -498,7 +603,7 @@ def run_align(
     inputs = [("data", data), ("target_tokenizer", target_tokenizer)]
     inputs += [("source extract", p) for p in source_extract_dirs] + [("vocab map", v) for v in vocab_maps]
     out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
-    ctx = _Context(tgt_tok, target, canon, sources, mode, top_k, threads, text_column)
+    ctx = _Context(tgt_tok, target, canon, sources, mode, positions, top_k, threads, text_column)
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -526,6 +631,7 @@ def run_align(
         table = _table(aligned)
         n_tokens = int(pa.compute.sum(pa.compute.list_value_length(table.column("input_ids"))).as_py() or 0)
         n_aligned = _fixed(table.column("n_aligned").combine_chunks(), num_s, np.int64).sum(axis=0)
+        n_one = _fixed(table.column("n_one_to_one").combine_chunks(), num_s, np.int64).sum(axis=0)
         n_dtw = _fixed(table.column("used_dtw").combine_chunks(), num_s, bool).sum(axis=0)
         n_pred = n_tokens - len(aligned)
         meta = {
@@ -537,10 +643,16 @@ def run_align(
             "target_vocab_size": len(tgt_tok),
             "top_k": top_k,
             "mode": mode,
+            "positions": positions,
             "num_docs": len(aligned),
             "num_tokens": n_tokens,
+            # predicting positions that took the source's top-k (the rest: one-hot on the gold token)
             "aligned_fraction": {
                 name: round(float(a) / max(n_pred, 1), 6) for name, a in zip(source_names, n_aligned)
+            },
+            # ... of which the next target and source tokens form an exact 1:1 byte group
+            "one_to_one_fraction": {
+                name: round(float(a) / max(n_pred, 1), 6) for name, a in zip(source_names, n_one)
             },
             "dtw_docs": {name: int(c) for name, c in zip(source_names, n_dtw)},
             "seconds": round(time.time() - t0, 3),
@@ -549,7 +661,7 @@ def run_align(
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print(
-        f"align ({mode}): {meta['num_docs']} documents, {n_tokens} target tokens, aligned "
+        f"align ({mode}, {positions}): {meta['num_docs']} documents, {n_tokens} target tokens, taught "
         + ", ".join(f"{k} {100 * v:.1f}%" for k, v in meta["aligned_fraction"].items())
         + f" in {meta['seconds']:.1f}s -> {out_dir}"
     )

@@ -1,10 +1,11 @@
 """Stage 3, vocab map: source id -> target id for every source.
 
-The mapping (exact surface match, else minimum edit distance, specials by content/role, then
-same token string first and canonical duplicates) is :func:`fusekern.align.map_vocab`; this
-module is the stage around it, so ``fusekern vocab-map`` and :func:`run_vocab_map` write the
-same map. The file records the two tokenizers' vocabulary fingerprints
-(:func:`fusekern.pipeline.io.vocab_fingerprint`); align refuses a map made for other tokenizers.
+The mapping (exact surface match, else the longest target byte prefix, else minimum edit
+distance, specials by content/role, then same token string first and canonical duplicates) is
+:func:`fusekern.align.map_vocab`; this module is the stage around it, so ``fusekern vocab-map``
+and :func:`run_vocab_map` write the same map. The file records the two tokenizers' vocabulary
+fingerprints (:func:`fusekern.pipeline.io.vocab_fingerprint`); align refuses a map made for
+other tokenizers.
 """
 
 from __future__ import annotations
@@ -93,12 +94,12 @@ def run_vocab_map(
             os.remove(tmp)
     c = vmap.counts()
     n = max(1, c["source_size"])
-    mined = (vmap.distance > 0) & ~vmap.special
+    mined = (vmap.distance > 0) & ~vmap.special & ~vmap.prefix
     mean_d = float(vmap.distance[mined].mean()) if mined.any() else 0.0
     print(
         f"vocab-map: {c['source_size']} source -> {c['target_size']} target ids in "
         f"{time.perf_counter() - t0:.2f}s: exact {c['exact']} ({100 * c['exact'] / n:.1f}%), "
-        f"MinED {c['mined']} (mean distance {mean_d:.2f}), special {c['special']}, "
+        f"prefix {c['prefix']}, MinED {c['mined']} (mean distance {mean_d:.2f}), special {c['special']}, "
         f"unmapped {c['unmapped']} -> {out_file}"
     )
     return out_file
