@@ -27,12 +27,11 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from .loss import NAMES, _check_lm_weight, check_options, flatten_batch
+from .loss import NAMES, check_options, flatten_batch, options_repr, set_options
 from .ops import _validate as V_
 from .ops._backend import resolve_backend
-from .ops.merge_topk import METHODS, merge_probs_torch
+from .ops.merge_topk import merge_probs_torch
 from .ops.sparse_kl import (
-    LOSS_TYPES,
     PrecomputedGrad,
     RowPlan,
     _chunk_rows,
@@ -116,10 +115,7 @@ class LinearFusionLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.lm_weight = _check_lm_weight(lm_weight)
-        self.method = V_.check_choice(method, METHODS, "method")
-        self.teacher_temperature = V_.check_temperature(teacher_temperature)
-        self.loss_type = V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+        set_options(self, lm_weight, method, teacher_temperature, loss_type, backend)
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
             raise TypeError(f"chunk_size must be a positive int or None, got {type(chunk_size).__name__}")
         if chunk_size is not None and chunk_size < 1:
@@ -130,16 +126,9 @@ class LinearFusionLoss(nn.Module):
             )
         self.chunk_size = chunk_size
         self.grad_accum_dtype = grad_accum_dtype
-        self.backend = backend
-        self.last_clm: torch.Tensor | None = None
-        self.last_fusion: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return (
-            f"lm_weight={self.lm_weight}, method={self.method!r}, "
-            f"teacher_temperature={self.teacher_temperature}, loss_type={self.loss_type!r}, "
-            f"chunk_size={self.chunk_size}"
-        )
+        return f"{options_repr(self)}, chunk_size={self.chunk_size}"
 
     def forward(
         self,

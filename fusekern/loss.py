@@ -49,19 +49,10 @@ class FusionLoss(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.lm_weight = _check_lm_weight(lm_weight)
-        self.method = V_.check_choice(method, METHODS, "method")
-        self.teacher_temperature = V_.check_temperature(teacher_temperature)
-        self.loss_type = V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
-        self.backend = backend
-        self.last_clm: torch.Tensor | None = None
-        self.last_fusion: torch.Tensor | None = None
+        set_options(self, lm_weight, method, teacher_temperature, loss_type, backend)
 
     def extra_repr(self) -> str:
-        return (
-            f"lm_weight={self.lm_weight}, method={self.method!r}, "
-            f"teacher_temperature={self.teacher_temperature}, loss_type={self.loss_type!r}"
-        )
+        return options_repr(self)
 
     def forward(
         self,
@@ -95,6 +86,26 @@ class FusionLoss(nn.Module):
         self.last_clm = extras["clm"]
         self.last_fusion = extras["distill"]
         return loss
+
+
+def set_options(
+    mod: nn.Module, lm_weight: float, method: str, teacher_temperature: float, loss_type: str, backend: str
+) -> None:
+    """Check and set the options FusionLoss and LinearFusionLoss share, and clear their last parts."""
+    mod.lm_weight = _check_lm_weight(lm_weight)
+    mod.method = V_.check_choice(method, METHODS, "method")
+    mod.teacher_temperature = V_.check_temperature(teacher_temperature)
+    mod.loss_type = V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+    mod.backend = backend
+    mod.last_clm = None  # detached CLM / fusion means of the last forward
+    mod.last_fusion = None
+
+
+def options_repr(mod: nn.Module) -> str:
+    return (
+        f"lm_weight={mod.lm_weight}, method={mod.method!r}, "
+        f"teacher_temperature={mod.teacher_temperature}, loss_type={mod.loss_type!r}"
+    )
 
 
 def check_options(mod: nn.Module) -> tuple:

@@ -18,7 +18,7 @@ POSITIONS = ("span", "boundary")  # fusekern.pipeline.align.POSITIONS (a test ke
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="knowledge fusion end to end on stdlib text (about 6 minutes on 2 idle CPU cores)",
+        help="knowledge fusion end to end on stdlib text (about 8 minutes on 2 idle CPU cores)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
