@@ -277,6 +277,7 @@ def test_align_throughput_boundary_positions(benchmark, setup):
             num_proc=1,
             threads=1,
             positions=positions,
+            overwrite=True,  # round 2 replaces round 1's output
         )
         cpu[positions].append(time.process_time() - c0)
         metas[positions] = json.load(open(os.path.join(out, "align_meta.json")))
