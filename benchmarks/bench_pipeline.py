@@ -156,6 +156,16 @@ def _marker(tok) -> str:
     return "Ġ" if "Ġ" in "".join(tok.convert_ids_to_tokens(list(range(min(len(tok), 2000))))) else "▁"
 
 
+def _align(s: dict, out: str, **kw) -> None:
+    """One timed align stage of the benchmarks: both sources, 1 process, 1 thread; each round
+    replaces the previous round's output."""
+    names = list(SOURCES)
+    paths = [s["extracts"][n] for n in names]
+    run_align(
+        s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1, overwrite=True, **kw
+    )
+
+
 def test_align_throughput(benchmark, setup):
     from fusekern.pipeline import build_vocab_map, load_extract
 
@@ -165,10 +175,7 @@ def test_align_throughput(benchmark, setup):
     cpu, wall, peak = [], [], []
 
     def align():
-        paths = [s["extracts"][n] for n in names]
-        run_align(
-            s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1, overwrite=True
-        )
+        _align(s, out)
 
     def run():
         c0, w0 = time.process_time(), time.perf_counter()
@@ -227,23 +234,12 @@ def test_align_throughput(benchmark, setup):
 
 def test_align_throughput_fusellm_mode(benchmark, setup):
     s = setup
-    names = list(SOURCES)
     out = str(s["root"] / "aligned_fusellm")
     cpu = []
 
     def run():
         c0 = time.process_time()
-        run_align(
-            s["target"],
-            s["data"],
-            [s["extracts"][n] for n in names],
-            out,
-            source_names=names,
-            num_proc=1,
-            threads=1,
-            mode="fusellm",
-            overwrite=True,  # rounds 2 and 3 replace round 1's output
-        )
+        _align(s, out, mode="fusellm")
         cpu.append(time.process_time() - c0)
 
     benchmark.pedantic(run, rounds=3, iterations=1)  # the best of 3, as for bytes mode
@@ -261,24 +257,13 @@ def test_align_throughput_boundary_positions(benchmark, setup):
     """positions="boundary" (issue 9) against "span" in the same run: same data, S = 2, K = 10,
     1 process, 1 thread; best of 2 alternating runs each."""
     s = setup
-    names = list(SOURCES)
     cpu: dict = {"span": [], "boundary": []}
     metas = {}
 
     def one(positions):
         out = str(s["root"] / f"aligned_{positions}")
         c0 = time.process_time()
-        run_align(
-            s["target"],
-            s["data"],
-            [s["extracts"][n] for n in names],
-            out,
-            source_names=names,
-            num_proc=1,
-            threads=1,
-            positions=positions,
-            overwrite=True,  # round 2 replaces round 1's output
-        )
+        _align(s, out, positions=positions)
         cpu[positions].append(time.process_time() - c0)
         metas[positions] = json.load(open(os.path.join(out, "align_meta.json")))
 
