@@ -29,34 +29,20 @@ Run either way:
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import os
 import sys
-import time
 import types
 from typing import Callable, Dict, List, Tuple
 
 import torch
+from _memory import timed_peak  # benchmarks/, on sys.path under pytest and as a script
 
 import fusekern
 
 B, T, H, S = 2, 2048, 256, 3
 N = B * T
 LAM = 0.9
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def make_inputs(V: int, K: int, seed: int = 0, sources: int = S) -> Dict[str, torch.Tensor]:
@@ -171,15 +157,7 @@ def measure(fn: Callable, d: Dict[str, torch.Tensor]) -> Tuple[float, int]:
     """Wall time (s) and extra peak resident memory (bytes) of one fwd+bwd."""
     h = d["h"].clone().requires_grad_()
     w = d["w"].clone().requires_grad_()
-    gc.collect()
-    base = _status("VmRSS")
-    _reset_peak()
-    t0 = time.perf_counter()
-    fn(h, w, d).backward()
-    dt = time.perf_counter() - t0
-    peak = _status("VmHWM") - base
-    del h, w
-    return dt, peak
+    return timed_peak(lambda: fn(h, w, d).backward())
 
 
 def compare(V: int, K: int, reps: int, peers: bool = True) -> List[Dict]:

@@ -18,31 +18,18 @@ Run either way (both print the tables):
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import time
 from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
+from _memory import timed_peak  # noqa: E402  (benchmarks/, on sys.path under pytest and as a script)
 
 import fusekern
 from fusekern.ops.reference import fusion_loss_ref, fusion_module_ref
 
 N, V, S, K = 2048, 32000, 3, 10
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def make_inputs(seed: int = 0, n: int = N, v: int = V) -> Dict[str, torch.Tensor]:
@@ -109,15 +96,9 @@ def measure(op: str, impl: str, d: Dict[str, torch.Tensor], reps: int = 3) -> Tu
     best_t, peak = float("inf"), 0
     for _ in range(reps):
         x = d["x"].clone().requires_grad_()
-        gc.collect()
-        base = _status("VmRSS")
-        _reset_peak()
-        t0 = time.perf_counter()
-        fn(x, d).backward()
-        dt = time.perf_counter() - t0
-        peak = max(peak, _status("VmHWM") - base)
+        dt, p = timed_peak(lambda: fn(x, d).backward())  # noqa: B023 (called at once)
+        peak = max(peak, p)
         best_t = min(best_t, dt)
-        del x
     return best_t, peak
 
 
