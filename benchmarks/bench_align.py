@@ -83,8 +83,8 @@ def tokenizer32k(kind: str):
 
     path = os.path.join(_cache_dir(), f"{kind}_32000")
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
-        from fusekern.toy.tokenizers import train_tokenizer
+        from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+        from fusekern.demo.toy.tokenizers import train_tokenizer
 
         texts = stdlib_prose() + stdlib_code(max_docs=600) + [EXOTIC_TEXT]
         train_tokenizer(kind, texts, vocab_size=32000).save_pretrained(path)
@@ -93,7 +93,7 @@ def tokenizer32k(kind: str):
 
 @cache
 def docs() -> tuple:
-    from fusekern.toy.corpus import stdlib_prose
+    from fusekern.demo.toy.corpus import stdlib_prose
 
     prose = stdlib_prose(max_docs=1000)[40:]
     return tuple("\n\n".join(prose[i * 8 : i * 8 + 8]) for i in range(100))

@@ -35,10 +35,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from fusekern.demo.toy import corpus, tokenizers
 from fusekern.pipeline import run_align, run_pack, split_texts
 from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
 from fusekern.pipeline.io import encode, text_hashes
-from fusekern.toy import corpus, tokenizers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from align_reference import fusellm_dist_fn, fusellm_dtw  # noqa: E402  (FuseLLM's DTW, shared with the tests)

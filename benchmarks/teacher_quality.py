@@ -34,8 +34,8 @@ TARGET, SOURCES = "llama2", ("mpt", "qwen2")
 
 
 def _pieces(tokenizers: list, n_docs: int, block: int) -> list:
+    from fusekern.demo.toy.corpus import stdlib_code, stdlib_prose
     from fusekern.pipeline import split_texts
-    from fusekern.toy.corpus import stdlib_code, stdlib_prose
 
     texts = stdlib_prose(n_docs)[:n_docs] + [c[:20_000] for c in stdlib_code(n_docs // 4)]
     return split_texts(texts, tokenizers, block)
@@ -116,8 +116,8 @@ def nul_mapping(toks: dict) -> dict:
 
 
 def coverage(pieces: list, toks: dict, workdir: str) -> dict:
+    from fusekern.demo.toy.models import tiny_causal_lm
     from fusekern.pipeline import run_align, run_extract
-    from fusekern.toy.models import tiny_causal_lm
 
     extracts = {}
     for i, name in enumerate(SOURCES):

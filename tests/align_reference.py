@@ -270,7 +270,7 @@ def mixed_text(n_chars: int, seed: int = 0) -> str:
     toy corpus's exotic sample (5%), in paragraphs, until ``n_chars`` characters."""
     import random
 
-    from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+    from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
 
     rng = random.Random(seed)
     prose, code = stdlib_prose(max_docs=600)[40:], stdlib_code(max_docs=80)
@@ -342,7 +342,7 @@ def fusellm_tokens(base: str, blending: str, n_base: int, seed: int = 0, offset:
 @cache
 def toy_texts(chars: int = 60_000) -> tuple:
     """About ``chars`` characters of stdlib docstrings plus the exotic sample."""
-    from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_prose
+    from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_prose
 
     docs = stdlib_prose(max_docs=400)
     out, n = [], 0
@@ -356,6 +356,6 @@ def toy_texts(chars: int = 60_000) -> tuple:
 
 @cache
 def toy_tokenizer(kind: str, vocab_size: int = 1000):
-    from fusekern.toy.tokenizers import train_tokenizer
+    from fusekern.demo.toy.tokenizers import train_tokenizer
 
     return train_tokenizer(kind, list(toy_texts()), vocab_size=vocab_size)

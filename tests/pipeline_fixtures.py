@@ -10,9 +10,9 @@ import pytest
 import torch
 from pipeline_helpers import BLOCK, MODELS, TARGET, TOP_K, TinyLM
 
-from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
-from fusekern.toy.models import tiny_causal_lm
-from fusekern.toy.tokenizers import train_tokenizer
+from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+from fusekern.demo.toy.models import tiny_causal_lm
+from fusekern.demo.toy.tokenizers import train_tokenizer
 
 # Loaded as a plugin, these fixtures are built once per session. A module that imported them
 # directly would get its own instances (pytest keys fixtures by defining module), so the

@@ -132,7 +132,7 @@ def _bytes_of(kind: str, text: str) -> list:
 def test_real_tokenizers():
     from align_reference import toy_texts
 
-    from fusekern.toy.corpus import EXOTIC_TEXT
+    from fusekern.demo.toy.corpus import EXOTIC_TEXT
 
     texts = [EXOTIC_TEXT, *toy_texts()[:5]]
     for text in texts:

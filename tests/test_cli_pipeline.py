@@ -13,9 +13,9 @@ import pytest
 from pipeline_helpers import TARGET, run_cli
 
 from fusekern.cli import main
+from fusekern.demo.toy.corpus import stdlib_prose
 from fusekern.pipeline import load_extract, load_packed
 from fusekern.pipeline.extract import LOG_FILE, shard_name
-from fusekern.toy.corpus import stdlib_prose
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
 

@@ -18,8 +18,8 @@ VOCAB = 300
 
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory):
-    from fusekern.toy.corpus import stdlib_prose
-    from fusekern.toy.tokenizers import train_tokenizer
+    from fusekern.demo.toy.corpus import stdlib_prose
+    from fusekern.demo.toy.tokenizers import train_tokenizer
 
     path = str(tmp_path_factory.mktemp("target"))
     tok = train_tokenizer("byte_bpe", stdlib_prose(max_docs=100), vocab_size=VOCAB)

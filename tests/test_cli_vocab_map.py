@@ -133,8 +133,8 @@ def test_byte_fallback_duplicates_go_to_the_learned_token():
 
 
 def test_map_onto_itself_is_identity_with_byte_fallback_pieces():
-    from fusekern.toy.corpus import stdlib_prose
-    from fusekern.toy.tokenizers import train_tokenizer
+    from fusekern.demo.toy.corpus import stdlib_prose
+    from fusekern.demo.toy.tokenizers import train_tokenizer
 
     tok = train_tokenizer("sp_bpe", stdlib_prose(max_docs=300), vocab_size=800)
     strings = tok.convert_ids_to_tokens(list(range(len(tok))))

@@ -35,7 +35,7 @@ def test_pack_records_the_target_and_train_refuses_other_targets(aligned, tiny_l
     from transformers import TrainingArguments
 
     from fusekern import FusionTrainer
-    from fusekern.toy.models import tiny_causal_lm
+    from fusekern.demo.toy.models import tiny_causal_lm
 
     names, dirs = aligned
     target = tiny_lms[TARGET]

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from pipeline_helpers import MODELS, TOP_K, assert_valid_topk, direct_forward
 
+from fusekern.demo.toy.models import tiny_causal_lm
 from fusekern.pipeline import load_extract, run_extract
 from fusekern.pipeline.extract import shard_name
-from fusekern.toy.models import tiny_causal_lm
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
 

@@ -8,8 +8,8 @@ import datasets
 import pytest
 from pipeline_helpers import BLOCK
 
+from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
 from fusekern.pipeline import run_split, split_texts
-from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
 

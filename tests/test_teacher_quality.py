@@ -86,8 +86,8 @@ def test_dummy_prefix_rule_matches_reference_and_gives_the_text(real, name, stdl
 def stdlib_pieces(real):
     """`fusekern split` pieces (block 512 under all three tokenizers) of stdlib code: indented
     lines start many of them with spaces."""
+    from fusekern.demo.toy.corpus import stdlib_code
     from fusekern.pipeline import split_texts
-    from fusekern.toy.corpus import stdlib_code
 
     pieces = split_texts([c[:6000] for c in stdlib_code(3)], list(real.values()), 512)
     assert sum(p.startswith(" ") for p in pieces) >= 1
@@ -159,7 +159,7 @@ def test_boundary_positions_match_reference_on_real_tokenizers(real, source, std
 
 @pytest.mark.parametrize(("target", "source"), [("sp_bpe", "byte_bpe"), ("byte_bpe", "unigram")])
 def test_boundary_positions_match_reference_on_toy_pairs(target, source):
-    from fusekern.toy.corpus import stdlib_prose
+    from fusekern.demo.toy.corpus import stdlib_prose
 
     texts = [t[:800] for t in stdlib_prose(12)[:12]] + [" leading space", "x"]
     _check_boundary(toy_tokenizer(target), toy_tokenizer(source), texts)

@@ -8,7 +8,7 @@ import pytest
 from align_reference import toy_texts, toy_tokenizer
 
 from fusekern.align import adds_dummy_prefix, token_bytes
-from fusekern.toy.corpus import EXOTIC_TEXT
+from fusekern.demo.toy.corpus import EXOTIC_TEXT
 
 KINDS = ("byte_bpe", "sp_bpe", "unigram", "wordpiece")
 EDGE_TEXTS = [

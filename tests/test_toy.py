@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fusekern.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
-from fusekern.toy.models import ARCHS, tiny_causal_lm
-from fusekern.toy.tokenizers import KINDS, train_tokenizer
+from fusekern.demo.toy.corpus import EXOTIC_TEXT, stdlib_code, stdlib_prose
+from fusekern.demo.toy.models import ARCHS, tiny_causal_lm
+from fusekern.demo.toy.tokenizers import KINDS, train_tokenizer
 
 
 def test_corpus_is_deterministic_and_nonempty():

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from fusekern import FusionArguments, FusionTrainer
-from fusekern.toy.models import tiny_causal_lm
+from fusekern.demo.toy.models import tiny_causal_lm
 
 
 def _grads_of_one_batch(tmp_path, model, fused_linear):

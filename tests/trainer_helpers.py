@@ -80,6 +80,6 @@ def save_packed(path: str, n: int, names=("src_a", "src_b"), target: str = "tgt"
 
 
 def tiny_lm(vocab: int = 64, seed: int = 0, arch: str = "llama"):
-    from fusekern.toy.models import tiny_causal_lm
+    from fusekern.demo.toy.models import tiny_causal_lm
 
     return tiny_causal_lm(arch, vocab, hidden=16, layers=1, heads=2, max_positions=64, seed=seed)

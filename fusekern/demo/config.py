@@ -19,8 +19,8 @@ class ModelSpec:
     """One model of the demo: architecture, tokenizer family and how it is pretrained."""
 
     name: str
-    arch: str  # fusekern.toy.models.ARCHS
-    tokenizer: str  # fusekern.toy.tokenizers.KINDS
+    arch: str  # fusekern.demo.toy.models.ARCHS
+    tokenizer: str  # fusekern.demo.toy.tokenizers.KINDS
     prose_fraction: float  # share of pretraining sequences drawn from prose (the rest: code)
     steps: int
     hidden: int = 128

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from fusekern.demo.config import DOMAINS, DemoConfig
-from fusekern.toy import corpus
+from fusekern.demo.toy import corpus
 
 # hash bucket (of 20) -> split: 10% held out, 5% validation, 25% fusion corpus, 60% pretraining
 # pool. Validation is the fusion corpus's sibling: choices (a rule, a recipe) are made on it, so

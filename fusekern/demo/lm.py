@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fusekern.demo.config import ModelSpec
-from fusekern.toy.models import tiny_causal_lm
+from fusekern.demo.toy.models import tiny_causal_lm
 
 
 def build_model(spec: ModelSpec, tokenizer: Any, block_size: int, seed: int) -> torch.nn.Module:

@@ -37,8 +37,8 @@ VARIANTS = ("target_before", "clm_baseline", "fused")
 
 # The fusekern sources each stage runs (relative to the package; "_C" = the native extension).
 _CODE = {
-    "corpus": ("demo/data.py", "toy/corpus.py"),
-    "model": ("demo/data.py", "demo/lm.py", "toy/models.py", "toy/tokenizers.py"),
+    "corpus": ("demo/data.py", "demo/toy/corpus.py"),
+    "model": ("demo/data.py", "demo/lm.py", "demo/toy/models.py", "demo/toy/tokenizers.py"),
     "held_out": ("pipeline/split.py", "pipeline/io.py"),
     "split": ("pipeline/split.py", "pipeline/io.py"),
     "extract": ("pipeline/extract.py", "pipeline/io.py"),
@@ -217,7 +217,7 @@ def _stage_model(cfg: DemoConfig, spec: ModelSpec, corpus: dict, model_dir: str)
     """Train the model's tokenizer, pretrain it from scratch, save both to ``model_dir``."""
     from fusekern.demo.data import cap
     from fusekern.demo.lm import build_model, pretrain, token_stream
-    from fusekern.toy.tokenizers import train_tokenizer
+    from fusekern.demo.toy.tokenizers import train_tokenizer
 
     texts = [t for d in DOMAINS for t in corpus["tokenizer"][d]]
     tok = train_tokenizer(spec.tokenizer, texts, vocab_size=cfg.vocab_size)
