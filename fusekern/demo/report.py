@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from fusekern.demo.config import DOMAINS
-
-_COLUMNS = (*DOMAINS, "overall")
+from fusekern.demo.results import COLUMNS, RUNS, VARIANTS
 
 
 def print_table(results: dict) -> None:
     ppl, bpb = results["held_out_ppl"], results["held_out_bpb"]
-    rows = [*results["held_out_ppl"]["sources"], "target_before", "clm_baseline", "fused"]
+    rows = [*results["held_out_ppl"]["sources"], *VARIANTS]
     print("\nHeld-out bits per byte (all models) and perplexity (target variants, one tokenizer):")
-    head = "".join(f"{'bpb ' + c:>14}" for c in _COLUMNS) + "".join(f"{'ppl ' + c:>14}" for c in _COLUMNS)
+    head = "".join(f"{'bpb ' + c:>14}" for c in COLUMNS) + "".join(f"{'ppl ' + c:>14}" for c in COLUMNS)
     print(f"{'model':<16}{head}")
     for name in rows:
-        line = "".join(f"{bpb['by_domain'][name][c]:>14.4f}" for c in _COLUMNS)
-        if name in ("target_before", "clm_baseline", "fused"):
-            line += "".join(f"{ppl['by_domain'][name][c]:>14.2f}" for c in _COLUMNS)
+        line = "".join(f"{bpb['by_domain'][name][c]:>14.4f}" for c in COLUMNS)
+        if name in VARIANTS:
+            line += "".join(f"{ppl['by_domain'][name][c]:>14.2f}" for c in COLUMNS)
         print(f"{name:<16}{line}")
     cmp = results["fused_vs_clm_baseline"]
     change = (
@@ -64,28 +62,28 @@ def plot(results: dict, run_dirs: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     bpb = results["held_out_bpb"]["by_domain"]
-    names = [*results["held_out_bpb"]["sources"], "target_before", "clm_baseline", "fused"]
+    names = [*results["held_out_bpb"]["sources"], *VARIANTS]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / len(names)
     color = run_colors(names)
     for i, name in enumerate(names):
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(_COLUMNS))]
-        vals = [bpb[name][c] for c in _COLUMNS]
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(COLUMNS))]
+        vals = [bpb[name][c] for c in COLUMNS]
         ax1.bar(xs, vals, width, label=name, color=color[name])
         for x, v in zip(xs, vals):
             ax1.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=6, rotation=90)
-    ax1.set_xticks(range(len(_COLUMNS)))
-    ax1.set_xticklabels(_COLUMNS)
+    ax1.set_xticks(range(len(COLUMNS)))
+    ax1.set_xticklabels(COLUMNS)
     # the axis starts near the smallest value (labelled below) so that small differences show
-    low = min(bpb[n][c] for n in names for c in _COLUMNS)
-    high = max(bpb[n][c] for n in names for c in _COLUMNS)
+    low = min(bpb[n][c] for n in names for c in COLUMNS)
+    high = max(bpb[n][c] for n in names for c in COLUMNS)
     ax1.set_ylim(0.9 * low, high + 0.08 * (high - 0.9 * low))
     ax1.set_ylabel(f"held-out bits per byte, lower is better (axis from {0.9 * low:.2f})")
     ax1.set_title("Held-out bits per byte")
     ax1.legend(fontsize=7, ncol=len(names), loc="upper center", bbox_to_anchor=(0.5, -0.07), frameon=False)
 
     logs = results.get("train_log_history", {})
-    for variant in ("clm_baseline", "fused"):
+    for variant in RUNS:
         hist = logs.get(variant, [])
         s, v = _curve(hist, "eval_loss")
         if s:

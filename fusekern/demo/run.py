@@ -11,89 +11,26 @@
                via ``fusekern train``'s code) and ``clm_baseline`` (λ = 1: CLM only)
 5. report      held-out perplexity and bits per byte per domain → ``results.json``, ``demo.png``
 
-Every stage caches its output under ``DIR``; a stage reruns only when its inputs, settings or
-code changed (its key hashes the settings, the keys of the stages it reads, the source of the
-fusekern modules it runs — ``_CODE`` — and the package/torch/transformers versions), so a rerun
-with a new λ retrains only the fused target, and an upgraded fusekern never reuses a stage its
-old code computed. The alignment rule (``positions``) names its own align/pack/fused stages, so
-both rules can live side by side in one ``DIR`` sharing everything upstream.
+Every stage caches its output under ``DIR`` (``cache.py``); a stage reruns only when its inputs,
+settings or code changed, so a rerun with a new λ retrains only the fused target, and an upgraded
+fusekern never reuses a stage its old code computed. The alignment rule (``positions``) names its
+own align/pack/fused stages, so both rules can live side by side in one ``DIR`` sharing
+everything upstream.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict
-from typing import Any, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
+from fusekern.demo.cache import StageResult, Stages, package_dir, say
 from fusekern.demo.config import DOMAINS, DemoConfig, ModelSpec, full
+from fusekern.demo.results import RUNS, score_tables
 from fusekern.demo.train import train_variant
-
-VARIANTS = ("target_before", "clm_baseline", "fused")
-
-# The fusekern sources each stage runs (relative to the package; "_C" = the native extension).
-_CODE = {
-    "corpus": ("demo/data.py", "demo/toy/corpus.py"),
-    "model": ("demo/data.py", "demo/lm.py", "demo/toy/models.py", "demo/toy/tokenizers.py"),
-    "held_out": ("pipeline/split.py", "pipeline/io.py"),
-    "split": ("pipeline/split.py", "pipeline/io.py"),
-    "extract": ("pipeline/extract.py", "pipeline/io.py"),
-    "vocab_map": ("align/", "pipeline/vocab.py", "pipeline/io.py", "_C"),
-    "align": (
-        "align/",
-        "pipeline/align.py",
-        "pipeline/vocab.py",
-        "pipeline/io.py",
-        "pipeline/extract.py",
-        "_C",
-    ),
-    "pack": ("pipeline/pack.py", "pipeline/io.py"),
-    "train": ("demo/train.py", "cli/train.py", "trainer/", "loss.py", "ops/"),
-    "score": ("demo/lm.py",),
-    "validate": ("demo/lm.py",),
-}
-
-
-def _package_dir() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _code_files(entry: str) -> list:
-    root = _package_dir()
-    if entry == "_C":
-        return sorted(
-            os.path.join(root, f) for f in os.listdir(root) if f.startswith("_C.") or f.startswith("_C-")
-        )
-    path = os.path.join(root, entry)
-    if entry.endswith("/"):
-        return sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
-    return [path]
-
-
-def code_digest(stage: str) -> str:
-    """Hash of the fusekern sources (and native extension) that stage ``stage`` runs, and of the
-    versions of fusekern, torch and transformers: part of every stage's cache key."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import fusekern
-
-    h = hashlib.sha256()
-    for entry in _CODE[stage]:
-        for path in _code_files(entry):
-            h.update(os.path.relpath(path, _package_dir()).encode())
-            with open(path, "rb") as f:
-                h.update(hashlib.sha256(f.read()).digest())
-    h.update(fusekern.__version__.encode())
-    for dist in ("torch", "transformers"):
-        try:
-            h.update(f"{dist}={version(dist)}".encode())
-        except PackageNotFoundError:
-            pass
-    return h.hexdigest()[:16]
 
 
 def environment() -> dict:
@@ -110,7 +47,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             env[dist] = None
     try:
-        root = os.path.dirname(_package_dir())
+        root = os.path.dirname(package_dir())
         git = ["git", "-C", root]
         env["git_commit"] = subprocess.run(
             [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -143,52 +80,6 @@ def default_threads() -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
-def _say(msg: str) -> None:
-    print(f"[fusekern demo] {msg}", file=sys.stderr, flush=True)
-
-
-class _Stages:
-    """Runs named stages once: a stage's result is stored with a key hashing its settings and
-    the keys of the stages it reads; a matching stored result is reused."""
-
-    def __init__(self, root: str, fresh: bool) -> None:
-        self.dir = os.path.join(root, "stages")
-        os.makedirs(self.dir, exist_ok=True)
-        self.fresh = fresh
-        self.seconds: dict = {}
-        self.cached: list = []
-        self.t0 = time.time()
-
-    def run(self, name: str, params: dict, fn: Callable[[], Any], outputs: tuple = ()) -> tuple:
-        params = dict(params, code=code_digest(name.split(":")[0]))
-        key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        marker = os.path.join(self.dir, name.replace(":", "__") + ".json")
-        if not self.fresh and os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                rec = json.load(f)
-            if rec.get("key") == key and all(os.path.exists(p) for p in outputs):
-                self.cached.append(name)
-                self.seconds[name] = rec["seconds"]
-                _say(f"{name}: cached ({rec['seconds']:.1f}s when computed)")
-                return key, rec["result"]
-        for path in outputs:  # stale output of other settings: never resume from it
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-        _say(f"{name} ... (t = {time.time() - self.t0:.0f}s)")
-        start = time.time()
-        result = fn()
-        seconds = time.time() - start
-        self.seconds[name] = seconds
-        tmp = marker + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"key": key, "seconds": seconds, "result": result}, f)
-        os.replace(tmp, marker)
-        _say(f"{name}: done in {seconds:.1f}s")
-        return key, result
-
-
 def _write_json(path: str, obj: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
@@ -199,7 +90,93 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-# --------------------------------------------------------------------------------------- stages
+# ---------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo writes, under its output directory ``out``."""
+
+    out: str
+    corpus: str  # the corpus splits (JSON)
+    pieces: str  # held-out pieces every model scores (JSON)
+    validation: str  # validation pieces the two runs are also scored on (JSON)
+    eval_set: str  # the held-out pieces tokenized for the target: the trainers' eval set
+    split: str  # pipeline outputs ...
+    align: str
+    pack: str
+    models: dict  # model name -> its directory (tokenizer + weights)
+    runs: dict  # "fused" / "clm_baseline" -> its Trainer output directory (the trained target)
+
+    @classmethod
+    def under(cls, out_dir: str, cfg: DemoConfig) -> DemoPaths:
+        out = os.path.abspath(out_dir)
+        data = os.path.join(out, "data")
+        names = [s.name for s in cfg.sources] + [cfg.target.name]
+        return cls(
+            out=out,
+            corpus=os.path.join(out, "corpus.json"),
+            pieces=os.path.join(out, "held_out_pieces.json"),
+            validation=os.path.join(out, "validation_pieces.json"),
+            eval_set=os.path.join(data, "held_out_target"),
+            split=os.path.join(data, "split"),
+            align=os.path.join(data, f"aligned_{cfg.positions}"),
+            pack=os.path.join(data, f"packed_{cfg.positions}"),
+            models={n: os.path.join(out, "models", n) for n in names},
+            runs={
+                "fused": os.path.join(out, "runs", f"fused_{cfg.positions}"),
+                "clm_baseline": os.path.join(out, "runs", "clm_baseline"),
+            },
+        )
+
+    def extract(self, model: str) -> str:
+        return os.path.join(self.out, "data", "extract", model)
+
+    def vocab_map(self, model: str) -> str:
+        return os.path.join(self.out, "data", "vocab_maps", f"{model}.npz")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    key: str
+    stats: dict  # split -> domain -> {"docs", "chars"}
+    texts: dict  # split -> domain -> [text, ...] (``fusekern.demo.data.split_corpus``)
+
+
+@dataclass(frozen=True)
+class Models:
+    keys: dict  # model name -> its stage key
+    info: dict  # model name -> size, vocabulary, pretraining losses and spec
+
+
+@dataclass(frozen=True)
+class Teachers:
+    extract_keys: dict  # teacher name -> stage key of its extract (in teacher order)
+    vocab_keys: dict  # teacher name -> stage key of its vocabulary map to the target
+
+
+@dataclass(frozen=True)
+class FusionData:
+    split_key: str  # the split documents (the blocks both runs train on)
+    pack_key: str  # the packed fusion data of the configured rule (the fused run's teachers)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model the demo scores: its directory and the stage key of its weights."""
+
+    name: str
+    dir: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Scores:
+    held_out: dict  # model -> domain -> {"nll", "tokens", "bytes"} (``fusekern.demo.lm.score``)
+    validation: dict  # run ("fused" / "clm_baseline") -> the same on the validation pieces
+
+
+# ----------------------------------------------------------------------------- stage bodies
 
 
 def _stage_corpus(cfg: DemoConfig, path: str) -> dict:
@@ -246,9 +223,7 @@ def _stage_model(cfg: DemoConfig, spec: ModelSpec, corpus: dict, model_dir: str)
     }
 
 
-def _stage_held_out(
-    cfg: DemoConfig, corpus: dict, tokenizer_dirs: list, target_dir: str, paths: dict
-) -> dict:
+def _stage_held_out(cfg: DemoConfig, corpus: dict, tokenizer_dirs: list, paths: DemoPaths) -> dict:
     """Held-out pieces that fit a block under every tokenizer (so all models score the same
     text), and the target-tokenized eval set the trainers report their eval loss on."""
     import datasets
@@ -257,17 +232,17 @@ def _stage_held_out(
     from fusekern.pipeline import split_texts
 
     pieces = {d: split_texts(corpus["held_out"][d], tokenizer_dirs, cfg.block_size) for d in DOMAINS}
-    _write_json(paths["pieces"], pieces)
+    _write_json(paths.pieces, pieces)
     valid = {d: split_texts(corpus["validation"][d], tokenizer_dirs, cfg.block_size) for d in DOMAINS}
-    _write_json(paths["validation"], valid)
-    tok = AutoTokenizer.from_pretrained(target_dir)
+    _write_json(paths.validation, valid)
+    tok = AutoTokenizer.from_pretrained(paths.models[cfg.target.name])
     rows = [
         [tok.eos_token_id, *ids]
         for d in DOMAINS
         for ids in tok(pieces[d], add_special_tokens=False)["input_ids"]
     ]
     ds = datasets.Dataset.from_dict({"input_ids": rows, "labels": rows})
-    ds.save_to_disk(paths["eval_set"])
+    ds.save_to_disk(paths.eval_set)
     return {d: {"pieces": len(p), "bytes": sum(len(t.encode()) for t in p)} for d, p in pieces.items()}
 
 
@@ -279,6 +254,270 @@ def _stage_score(cfg: DemoConfig, model_dir: str, pieces_path: str, name: str) -
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     return score(model, tok, _read_json(pieces_path), block_size=cfg.block_size, desc=f"score {name}")
+
+
+# ------------------------------------------------------------------------------------ steps
+
+
+def _use_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default: :func:`default_threads`); returns the number."""
+    import torch
+
+    if threads is None:
+        threads = default_threads()
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
+    say(f"{threads} torch thread(s)")
+    return threads
+
+
+def _checked(cfg: DemoConfig) -> DemoConfig:
+    if not cfg.sources or cfg.target is None:
+        raise ValueError("cfg needs at least one source and a target")
+    names = [s.name for s in cfg.sources] + [cfg.target.name]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
+    return cfg
+
+
+def _tokenizer_dirs(cfg: DemoConfig, paths: DemoPaths) -> list:
+    """The target's tokenizer first, then the sources': what split/held-out pieces must fit."""
+    return [paths.models[cfg.target.name]] + [paths.models[s.name] for s in cfg.sources]
+
+
+def _teachers(cfg: DemoConfig) -> list:
+    """The models whose top-k the fused run learns from: the sources (and the target itself)."""
+    return [s.name for s in cfg.sources] + ([cfg.target.name] if cfg.target_as_source else [])
+
+
+def _fusion_texts(corpus: Corpus) -> list:
+    """The fusion documents, prose and code alternating, then the rest of the longer domain."""
+    fusion = corpus.texts["fusion"]
+    texts = [t for pair in zip(fusion["prose"], fusion["code"]) for t in pair]
+    longer = max(DOMAINS, key=lambda d: len(fusion[d]))
+    return texts + fusion[longer][len(texts) // 2 :]
+
+
+def _build_corpus(st: Stages, cfg: DemoConfig, paths: DemoPaths) -> Corpus:
+    """1. The stdlib corpus cut into its splits."""
+    params = {
+        k: getattr(cfg, k)
+        for k in ("held_out_chars", "validation_chars", "fusion_chars", "max_doc_chars", "tokenizer_chars")
+    }
+    done = st.run("corpus", params, lambda: _stage_corpus(cfg, paths.corpus), (paths.corpus,))
+    return Corpus(done.key, done.value, _read_json(paths.corpus))
+
+
+def _build_models(st: Stages, cfg: DemoConfig, paths: DemoPaths, corpus: Corpus) -> Models:
+    """2. Every source and the target: a tokenizer trained and a model pretrained from scratch."""
+    shared = {k: getattr(cfg, k) for k in ("block_size", "vocab_size", "pretrain_batch", "pretrain_chars")}
+    keys, info = {}, {}
+    for spec in (*cfg.sources, cfg.target):
+        out = paths.models[spec.name]
+        done = st.run(
+            f"model:{spec.name}",
+            {"spec": asdict(spec), "corpus": corpus.key, "seed": cfg.seed, **shared},
+            lambda spec=spec, out=out: _stage_model(cfg, spec, corpus.texts, out),
+            (out,),
+        )
+        keys[spec.name], info[spec.name] = done.key, done.value
+    return Models(keys, info)
+
+
+def _build_held_out(
+    st: Stages, cfg: DemoConfig, paths: DemoPaths, corpus: Corpus, models: Models
+) -> StageResult:
+    """The held-out and validation pieces every model scores, and the target's eval set."""
+    return st.run(
+        "held_out",
+        {"corpus": corpus.key, "models": models.keys, "block": cfg.block_size},
+        lambda: _stage_held_out(cfg, corpus.texts, _tokenizer_dirs(cfg, paths), paths),
+        (paths.pieces, paths.validation, paths.eval_set),
+    )
+
+
+def _build_fusion_data(
+    st: Stages, cfg: DemoConfig, paths: DemoPaths, corpus: Corpus, models: Models
+) -> FusionData:
+    """3. The pipeline on the fusion corpus: split -> extract and vocab map (each teacher) ->
+    align -> pack, through the functions behind the ``fusekern`` subcommands."""
+    from fusekern import pipeline
+
+    texts = _fusion_texts(corpus)
+    split = st.run(
+        "split",
+        {"corpus": corpus.key, "models": models.keys, "block": cfg.block_size},
+        lambda: {"dir": pipeline.run_split(texts, paths.split, _tokenizer_dirs(cfg, paths), cfg.block_size)},
+        (paths.split,),
+    )
+    teachers = _prepare_teachers(st, cfg, paths, models, split.key)
+    align = _align(st, cfg, paths, split.key, teachers)
+    pack = st.run(
+        f"pack:{cfg.positions}",
+        {"align": align.key, "block": cfg.block_size},
+        lambda: {"dir": pipeline.run_pack(paths.align, paths.pack, block_size=cfg.block_size)},
+        (paths.pack,),
+    )
+    return FusionData(split.key, pack.key)
+
+
+def _prepare_teachers(
+    st: Stages, cfg: DemoConfig, paths: DemoPaths, models: Models, split_key: str
+) -> Teachers:
+    """Each teacher's top-k on the split documents (extract) and its vocabulary map to the target."""
+    from fusekern import pipeline
+
+    tgt = paths.models[cfg.target.name]
+    extract_keys, vocab_keys = {}, {}
+    for name in _teachers(cfg):
+        model_dir, ex_dir, vfile = paths.models[name], paths.extract(name), paths.vocab_map(name)
+        extract_keys[name] = st.run(
+            f"extract:{name}",
+            {"split": split_key, "model": models.keys[name], "top_k": cfg.top_k, "bs": cfg.extract_batch},
+            lambda model_dir=model_dir, ex_dir=ex_dir: {
+                "dir": pipeline.run_extract(
+                    model_dir,
+                    paths.split,
+                    ex_dir,
+                    tokenizer=model_dir,
+                    top_k=cfg.top_k,
+                    batch_size=cfg.extract_batch,
+                    num_shards=1,
+                    device="cpu",
+                )
+            },
+            (ex_dir,),
+        ).key
+        os.makedirs(os.path.dirname(vfile), exist_ok=True)
+        vocab_keys[name] = st.run(
+            f"vocab_map:{name}",
+            {"src": models.keys[name], "tgt": models.keys[cfg.target.name]},
+            lambda model_dir=model_dir, vfile=vfile: {"file": pipeline.run_vocab_map(model_dir, tgt, vfile)},
+            (vfile,),
+        ).key
+    return Teachers(extract_keys, vocab_keys)
+
+
+def _align(st: Stages, cfg: DemoConfig, paths: DemoPaths, split_key: str, teachers: Teachers) -> StageResult:
+    """The teachers' top-k moved onto the target's tokens by the configured rule (``positions``)."""
+    from fusekern import pipeline
+
+    names = list(teachers.extract_keys)
+    return st.run(
+        f"align:{cfg.positions}",
+        {
+            "extract": teachers.extract_keys,
+            "vocab": teachers.vocab_keys,
+            "split": split_key,
+            "mode": cfg.align_mode,
+            "pos": cfg.positions,
+        },
+        lambda: {
+            "dir": pipeline.run_align(
+                paths.models[cfg.target.name],
+                paths.split,
+                [paths.extract(n) for n in names],
+                paths.align,
+                source_names=names,
+                vocab_maps=[paths.vocab_map(n) for n in names],
+                mode=cfg.align_mode,
+                positions=cfg.positions,
+            )
+        },
+        (paths.align,),
+    )
+
+
+def _train_target(
+    st: Stages, cfg: DemoConfig, paths: DemoPaths, models: Models, held: StageResult, data: FusionData
+) -> dict:
+    """4. Continual training of the target, fused and CLM-only control (same data, steps, lr and
+    seed); returns each run's stage key."""
+    common = {
+        "target": models.keys[cfg.target.name],
+        "held": held.key,
+        **{k: getattr(cfg, k) for k in ("train_steps", "train_batch", "train_lr", "eval_steps", "seed")},
+    }
+    recipe_fields = ("lm_weight", "teacher_temperature", "fusion_method", "ce_level", "loss_type")
+    recipe = {k: getattr(cfg, k) for k in (*recipe_fields, "target_as_source")}
+    # The control trains on the same blocks whatever the rule (only the teachers differ), so one
+    # control serves both rules: it reads the split documents (the input ids of every rule's pack).
+    params = {
+        "clm_baseline": dict(common, blocks={"split": data.split_key, "block": cfg.block_size}),
+        "fused": dict(common, pack=data.pack_key, **recipe),
+    }
+    stage = {"clm_baseline": "train:clm_baseline", "fused": f"train:fused:{cfg.positions}"}
+    keys = {}
+    for run in RUNS:
+        keys[run] = st.run(
+            stage[run],
+            params[run],
+            lambda run=run: train_variant(
+                cfg, run, paths.models[cfg.target.name], paths.pack, paths.eval_set, paths.runs[run]
+            ),
+            (paths.runs[run],),
+        ).key
+    return keys
+
+
+def _score_models(
+    st: Stages, cfg: DemoConfig, paths: DemoPaths, models: Models, held: StageResult, run_keys: dict
+) -> Scores:
+    """5. Held-out scores of every model; validation scores of the two runs (for choosing recipes)."""
+    tgt = cfg.target.name
+    scored = [Scored(s.name, paths.models[s.name], models.keys[s.name]) for s in cfg.sources]
+    scored.append(Scored("target_before", paths.models[tgt], models.keys[tgt]))
+    scored += [Scored(run, paths.runs[run], run_keys[run]) for run in RUNS]
+    held_out, validation = {}, {}
+    for m in scored:
+        # the fused run is per rule; the others are shared by both rules
+        stage = f"{m.name}:{cfg.positions}" if m.name == "fused" else m.name
+        params = {"model": m.key, "held": held.key}
+        held_out[m.name] = st.run(
+            f"score:{stage}", params, lambda m=m: _stage_score(cfg, m.dir, paths.pieces, m.name)
+        ).value
+        if m.name in RUNS:
+            validation[m.name] = st.run(
+                f"validate:{stage}", params, lambda m=m: _stage_score(cfg, m.dir, paths.validation, m.name)
+            ).value
+    return Scores(held_out, validation)
+
+
+def _results(
+    cfg: DemoConfig,
+    scores: Scores,
+    models: Models,
+    corpus: Corpus,
+    held: StageResult,
+    st: Stages,
+    paths: DemoPaths,
+) -> dict:
+    """What ``results.json`` holds, but for the invocation's own facts (time, threads, plot)."""
+    tables = score_tables(scores.held_out, scores.validation, [s.name for s in cfg.sources])
+    train_logs = {}
+    for run, d in paths.runs.items():
+        state = os.path.join(d, "trainer_state.json")
+        train_logs[run] = _read_json(state)["log_history"] if os.path.isfile(state) else []
+    return {
+        "held_out_ppl": tables.ppl,
+        "held_out_bpb": tables.bpb,
+        "fused_vs_clm_baseline": tables.comparison,
+        "notes": {
+            "ppl": "per token of each model's own tokenizer: comparable among target variants only",
+            "bpb": "bits per UTF-8 byte of the same held-out text: comparable across all models",
+        },
+        "held_out_counts": scores.held_out,
+        "held_out": held.value,
+        "corpus": corpus.stats,
+        "models": models.info,
+        "config": cfg.to_dict(),
+        "stage_seconds": {k: round(v, 1) for k, v in st.seconds.items()},
+        "cached_stages": st.cached,
+        "train_log_history": train_logs,
+        "out_dir": paths.out,
+        "validation_bpb": tables.validation_bpb,
+    }
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -293,269 +532,30 @@ def run_demo(
 ) -> dict:
     """Run (or resume) the demo in ``out_dir``; returns what ``results.json`` holds.
     ``threads``: torch intra-op threads (default: :func:`default_threads`, the free cores)."""
-    import torch
-
-    from fusekern import pipeline
-    from fusekern.demo.lm import summarize
     from fusekern.demo.report import plot, print_table
 
     t_start = time.time()
-    if threads is None:
-        threads = default_threads()
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    torch.set_num_threads(threads)
-    _say(f"{threads} torch thread(s)")
+    threads = _use_threads(threads)
     env = environment()  # at the start: the code the stages computed now run with
-    cfg = cfg if cfg is not None else full()
-    if not cfg.sources or cfg.target is None:
-        raise ValueError("cfg needs at least one source and a target")
-    names = [s.name for s in cfg.sources] + [cfg.target.name]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique, got {names}")
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    st = _Stages(out_dir, fresh)
-    p = {
-        "corpus": os.path.join(out_dir, "corpus.json"),
-        "pieces": os.path.join(out_dir, "held_out_pieces.json"),
-        "validation": os.path.join(out_dir, "validation_pieces.json"),
-        "eval_set": os.path.join(out_dir, "data", "held_out_target"),
-        "split": os.path.join(out_dir, "data", "split"),
-        "align": os.path.join(out_dir, "data", f"aligned_{cfg.positions}"),
-        "pack": os.path.join(out_dir, "data", f"packed_{cfg.positions}"),
-    }
-    model_dir = {n: os.path.join(out_dir, "models", n) for n in names}
-    run_dir = {
-        "fused": os.path.join(out_dir, "runs", f"fused_{cfg.positions}"),
-        "clm_baseline": os.path.join(out_dir, "runs", "clm_baseline"),
-    }
+    cfg = _checked(cfg if cfg is not None else full())
+    paths = DemoPaths.under(out_dir, cfg)
+    os.makedirs(paths.out, exist_ok=True)
+    st = Stages(paths.out, fresh)
 
-    # 1. corpus
-    corpus_params = {
-        k: getattr(cfg, k)
-        for k in ("held_out_chars", "validation_chars", "fusion_chars", "max_doc_chars", "tokenizer_chars")
-    }
-    k_corpus, corpus_stats = st.run(
-        "corpus", corpus_params, lambda: _stage_corpus(cfg, p["corpus"]), (p["corpus"],)
-    )
-    corpus = _read_json(p["corpus"])
+    corpus = _build_corpus(st, cfg, paths)
+    models = _build_models(st, cfg, paths, corpus)
+    held = _build_held_out(st, cfg, paths, corpus, models)
+    data = _build_fusion_data(st, cfg, paths, corpus, models)
+    run_keys = _train_target(st, cfg, paths, models, held, data)
+    scores = _score_models(st, cfg, paths, models, held, run_keys)
 
-    # 2. models (tokenizer + pretraining from scratch)
-    k_model, model_info = {}, {}
-    for spec in (*cfg.sources, cfg.target):
-        params = {
-            "spec": asdict(spec),
-            "corpus": k_corpus,
-            "seed": cfg.seed,
-            **{k: getattr(cfg, k) for k in ("block_size", "vocab_size", "pretrain_batch", "pretrain_chars")},
-        }
-        k_model[spec.name], model_info[spec.name] = st.run(
-            f"model:{spec.name}",
-            params,
-            lambda spec=spec: _stage_model(cfg, spec, corpus, model_dir[spec.name]),
-            (model_dir[spec.name],),
-        )
-    tgt = cfg.target.name
-    tok_dirs = [model_dir[tgt]] + [model_dir[s.name] for s in cfg.sources]
-
-    # held-out pieces + the target's eval set
-    k_held, held_stats = st.run(
-        "held_out",
-        {"corpus": k_corpus, "models": k_model, "block": cfg.block_size},
-        lambda: _stage_held_out(cfg, corpus, tok_dirs, model_dir[tgt], p),
-        (p["pieces"], p["validation"], p["eval_set"]),
-    )
-
-    # 3. pipeline: split -> extract -> vocab map -> align -> pack
-    fusion_texts = [t for pair in zip(corpus["fusion"]["prose"], corpus["fusion"]["code"]) for t in pair]
-    longer = max(DOMAINS, key=lambda d: len(corpus["fusion"][d]))
-    fusion_texts += corpus["fusion"][longer][len(fusion_texts) // 2 :]
-    k_split, _ = st.run(
-        "split",
-        {"corpus": k_corpus, "models": k_model, "block": cfg.block_size},
-        lambda: {"dir": pipeline.run_split(fusion_texts, p["split"], tok_dirs, cfg.block_size)},
-        (p["split"],),
-    )
-    teachers = [s.name for s in cfg.sources] + ([tgt] if cfg.target_as_source else [])
-    k_extract, k_vocab, extract_dirs, vocab_files = {}, {}, [], []
-    for name in teachers:
-        ex_dir = os.path.join(out_dir, "data", "extract", name)
-        k_extract[name], _ = st.run(
-            f"extract:{name}",
-            {"split": k_split, "model": k_model[name], "top_k": cfg.top_k, "bs": cfg.extract_batch},
-            lambda name=name, ex_dir=ex_dir: {
-                "dir": pipeline.run_extract(
-                    model_dir[name],
-                    p["split"],
-                    ex_dir,
-                    tokenizer=model_dir[name],
-                    top_k=cfg.top_k,
-                    batch_size=cfg.extract_batch,
-                    num_shards=1,
-                    device="cpu",
-                )
-            },
-            (ex_dir,),
-        )
-        extract_dirs.append(ex_dir)
-        vfile = os.path.join(out_dir, "data", "vocab_maps", f"{name}.npz")
-        os.makedirs(os.path.dirname(vfile), exist_ok=True)
-        k_vocab[name], _ = st.run(
-            f"vocab_map:{name}",
-            {"src": k_model[name], "tgt": k_model[tgt]},
-            lambda name=name, vfile=vfile: {
-                "file": pipeline.run_vocab_map(model_dir[name], model_dir[tgt], vfile)
-            },
-            (vfile,),
-        )
-        vocab_files.append(vfile)
-    k_align, _ = st.run(
-        f"align:{cfg.positions}",
-        {
-            "extract": k_extract,
-            "vocab": k_vocab,
-            "split": k_split,
-            "mode": cfg.align_mode,
-            "pos": cfg.positions,
-        },
-        lambda: {
-            "dir": pipeline.run_align(
-                model_dir[tgt],
-                p["split"],
-                extract_dirs,
-                p["align"],
-                source_names=teachers,
-                vocab_maps=vocab_files,
-                mode=cfg.align_mode,
-                positions=cfg.positions,
-            )
-        },
-        (p["align"],),
-    )
-    k_pack, _ = st.run(
-        f"pack:{cfg.positions}",
-        {"align": k_align, "block": cfg.block_size},
-        lambda: {"dir": pipeline.run_pack(p["align"], p["pack"], block_size=cfg.block_size)},
-        (p["pack"],),
-    )
-
-    # 4. continual training of the target: fused vs CLM-only control (same data, steps, lr, seed)
-    train_common = {
-        "target": k_model[tgt],
-        "held": k_held,
-        **{k: getattr(cfg, k) for k in ("train_steps", "train_batch", "train_lr", "eval_steps", "seed")},
-    }
-    fusion_params = {
-        k: getattr(cfg, k)
-        for k in (
-            "lm_weight",
-            "teacher_temperature",
-            "fusion_method",
-            "ce_level",
-            "loss_type",
-            "target_as_source",
-        )
-    }
-    # The control trains on the same blocks whatever the rule (only the teachers differ), so
-    # one control serves both rules.
-    k_run = {}
-    stage_of = {"clm_baseline": "train:clm_baseline", "fused": f"train:fused:{cfg.positions}"}
-    for variant in ("clm_baseline", "fused"):
-        if variant == "fused":
-            params = dict(train_common, pack=k_pack, **fusion_params)
-        else:  # the blocks (input ids) of every rule's pack: target tokens of the split documents
-            params = dict(train_common, blocks={"split": k_split, "block": cfg.block_size})
-        k_run[variant], _ = st.run(
-            stage_of[variant],
-            params,
-            lambda variant=variant: train_variant(
-                cfg, variant, model_dir[tgt], p["pack"], p["eval_set"], run_dir[variant]
-            ),
-            (run_dir[variant],),
-        )
-
-    # 5. held-out scores (every model), validation scores (the two runs: for choosing recipes)
-    scored = {s.name: (model_dir[s.name], k_model[s.name]) for s in cfg.sources}
-    scored.update(target_before=(model_dir[tgt], k_model[tgt]))
-    scored.update({v: (run_dir[v], k_run[v]) for v in ("clm_baseline", "fused")})
-    suffix = {"fused": f":{cfg.positions}"}
-    scores, val_scores = {}, {}
-    for name, (path, key) in scored.items():
-        _, scores[name] = st.run(
-            f"score:{name}{suffix.get(name, '')}",
-            {"model": key, "held": k_held},
-            lambda path=path, name=name: _stage_score(cfg, path, p["pieces"], name),
-        )
-        if name in ("clm_baseline", "fused"):
-            _, val_scores[name] = st.run(
-                f"validate:{name}{suffix.get(name, '')}",
-                {"model": key, "held": k_held},
-                lambda path=path, name=name: _stage_score(cfg, path, p["validation"], name),
-            )
-    summary = {name: summarize(s) for name, s in scores.items()}
-
-    results = _results(cfg, summary, scores, model_info, corpus_stats, held_stats, st, run_dir, out_dir)
-    val = {name: summarize(s) for name, s in val_scores.items()}
-    vf, vb = val["fused"]["overall"]["bpb"], val["clm_baseline"]["overall"]["bpb"]
-    results["validation_bpb"] = {
-        name: {d: v[d]["bpb"] for d in (*DOMAINS, "overall")} for name, v in val.items()
-    }
-    results["fused_vs_clm_baseline"]["validation_bpb_change_percent"] = 100.0 * (vf - vb) / vb
+    results = _results(cfg, scores, models, corpus, held, st, paths)
     results["environment"] = env
     results["threads"] = threads
     results["seconds"] = round(time.time() - t_start, 1)  # this invocation (cached stages cost ~0)
     results["seconds_all_stages"] = round(sum(st.seconds.values()), 1)  # every stage, as when computed
-    results["plot"] = plot(results, run_dir, os.path.join(out_dir, "demo.png"))
-    _write_json(os.path.join(out_dir, "results.json"), results)
+    results["plot"] = plot(results, paths.runs, os.path.join(paths.out, "demo.png"))
+    _write_json(os.path.join(paths.out, "results.json"), results)
     print_table(results)
-    _say(f"finished in {results['seconds']:.0f}s; results in {os.path.join(out_dir, 'results.json')}")
+    say(f"finished in {results['seconds']:.0f}s; results in {os.path.join(paths.out, 'results.json')}")
     return results
-
-
-def _results(cfg, summary, scores, model_info, corpus_stats, held_stats, st, run_dir, out_dir) -> dict:
-    src = [s.name for s in cfg.sources]
-
-    def table(metric: str) -> dict:
-        t = {v: summary[v]["overall"][metric] for v in VARIANTS}
-        t["sources"] = {s: summary[s]["overall"][metric] for s in src}
-        t["by_domain"] = {
-            name: {d: summary[name][d][metric] for d in (*DOMAINS, "overall")} for name in summary
-        }
-        return t
-
-    ppl, bpb = table("ppl"), table("bpb")
-    fused, base = bpb["fused"], bpb["clm_baseline"]
-    train_logs = {}
-    for v, d in run_dir.items():
-        state = os.path.join(d, "trainer_state.json")
-        train_logs[v] = _read_json(state)["log_history"] if os.path.isfile(state) else []
-    return {
-        "held_out_ppl": ppl,
-        "held_out_bpb": bpb,
-        "fused_vs_clm_baseline": {
-            "bpb_change_percent": 100.0 * (fused - base) / base,
-            "ppl_change_percent": 100.0 * (ppl["fused"] - ppl["clm_baseline"]) / ppl["clm_baseline"],
-            "fused_better": bool(fused < base),
-            "by_domain_bpb": {
-                d: {
-                    "fused": bpb["by_domain"]["fused"][d],
-                    "clm_baseline": bpb["by_domain"]["clm_baseline"][d],
-                }
-                for d in (*DOMAINS, "overall")
-            },
-        },
-        "notes": {
-            "ppl": "per token of each model's own tokenizer: comparable among target variants only",
-            "bpb": "bits per UTF-8 byte of the same held-out text: comparable across all models",
-        },
-        "held_out_counts": scores,
-        "held_out": held_stats,
-        "corpus": corpus_stats,
-        "models": model_info,
-        "config": cfg.to_dict(),
-        "stage_seconds": {k: round(v, 1) for k, v in st.seconds.items()},
-        "cached_stages": st.cached,
-        "train_log_history": train_logs,
-        "out_dir": out_dir,
-    }
