@@ -4,7 +4,8 @@ Pretraining is a plain loop (random blocks from each domain's token stream, mixe
 ``prose_fraction``); it is the demo's stand-in for the sources' and target's own pretraining,
 not part of fusekern's pipeline. Scoring gives, per domain, the summed next-token NLL, the
 number of tokens and the number of UTF-8 bytes, from which perplexity (per token, only
-comparable within one tokenizer) and bits per byte (comparable across tokenizers) follow.
+comparable within one tokenizer) and bits per byte (comparable across tokenizers) follow
+(``results.py``).
 """
 
 from __future__ import annotations
@@ -144,18 +145,3 @@ def score(
             "bytes": sum(len(t.encode("utf-8")) for t, x in zip(texts, ids) if x),
         }
     return out
-
-
-def summarize(scores: dict) -> dict:
-    """Per domain and ``overall``: ``ppl`` (per token) and ``bpb`` (bits per UTF-8 byte)."""
-    res = {}
-    total = {"nll": 0.0, "tokens": 0, "bytes": 0}
-    for domain, s in scores.items():
-        res[domain] = {"ppl": math.exp(s["nll"] / s["tokens"]), "bpb": s["nll"] / math.log(2) / s["bytes"]}
-        for k in total:
-            total[k] += s[k]
-    res["overall"] = {
-        "ppl": math.exp(total["nll"] / total["tokens"]),
-        "bpb": total["nll"] / math.log(2) / total["bytes"],
-    }
-    return res

@@ -8,10 +8,10 @@ CLM-only control on overall held-out bits per byte.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fusekern.demo.config import DOMAINS
-from fusekern.demo.lm import summarize
 
 VARIANTS = ("target_before", "clm_baseline", "fused")  # the target before and after continual training
 RUNS = ("clm_baseline", "fused")  # the two continual-training runs of the target
@@ -26,9 +26,24 @@ class ScoreTables:
     validation_bpb: dict  # run -> column -> bits per byte on the validation pieces
 
 
+def summarize(scores: dict) -> dict:
+    """Per domain and ``overall``: ``ppl`` (per token) and ``bpb`` (bits per UTF-8 byte)."""
+    res = {}
+    total = {"nll": 0.0, "tokens": 0, "bytes": 0}
+    for domain, s in scores.items():
+        res[domain] = {"ppl": math.exp(s["nll"] / s["tokens"]), "bpb": s["nll"] / math.log(2) / s["bytes"]}
+        for k in total:
+            total[k] += s[k]
+    res["overall"] = {
+        "ppl": math.exp(total["nll"] / total["tokens"]),
+        "bpb": total["nll"] / math.log(2) / total["bytes"],
+    }
+    return res
+
+
 def metric_table(summary: dict, metric: str, sources: list) -> dict:
     """``metric`` ("ppl" or "bpb") of every model: overall per target variant, overall per source,
-    and per column for all (``summary``: model -> :func:`fusekern.demo.lm.summarize`)."""
+    and per column for all (``summary``: model -> :func:`summarize`)."""
     table = {v: summary[v]["overall"][metric] for v in VARIANTS}
     table["sources"] = {s: summary[s]["overall"][metric] for s in sources}
     table["by_domain"] = {name: {c: summary[name][c][metric] for c in COLUMNS} for name in summary}
