@@ -212,8 +212,8 @@ def _add_align(subparsers: argparse._SubParsersAction) -> None:
         "--positions",
         choices=POSITIONS,
         default=None,
-        help="bytes mode: which target positions take a source's top-k: 'span' (next tokens cut alike) "
-        "or 'boundary' (every shared token boundary); default: run_align's (docs/DATA_FORMAT.md)",
+        help="bytes mode: which target positions take a source's top-k (the rules are described in "
+        "docs/DATA_FORMAT.md); default: run_align's",
     )
     p.add_argument("--out", required=True, help="output directory")
     _overwrite_arg(p, "align")
