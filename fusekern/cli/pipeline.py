@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 from fusekern.pipeline.formats import MODES, PACKED_META_FILE, POSITIONS, TEACHER_COLUMNS
-from fusekern.pipeline.paths import check_name_or_path
 
 __all__ = ["register"]
 
@@ -23,6 +22,8 @@ __all__ = ["register"]
 def _check_inputs(args: argparse.Namespace, flags: dict) -> None:
     """Every name-or-path option (``flag -> local_only``): a missing local path is a one-line
     error naming the flag, not a Hub lookup."""
+    from fusekern.pipeline.paths import check_name_or_path  # when a command runs: parsing stays light
+
     for flag, local_only in flags.items():
         values = getattr(args, flag[2:].replace("-", "_"))
         for value in values if isinstance(values, list) else [values]:
