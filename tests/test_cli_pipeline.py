@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import datasets
@@ -98,6 +100,23 @@ def test_cli_stages_end_to_end(tiny_lms, tmp_path, capsys):
     ds, meta = load_packed(d["packed"])
     assert meta["sources"] == ["self", "neox"] and meta["top_k"] == 4 and meta["mode"] == "fusellm"
     assert len(ds) == n and all(len(x) <= 64 for x in ds["input_ids"])
+
+
+def test_cli_parses_without_the_heavy_libraries():
+    """The option choices come from light modules: building and using the parser imports neither
+    torch, transformers, datasets nor numpy (they load when a command runs)."""
+    code = (
+        "import sys\n"
+        "from fusekern.cli import build_parser\n"
+        "p = build_parser()\n"
+        "p.parse_args(['align', '--target-tokenizer', 't', '--data', 'd', '--sources', 's', '--out', 'o',\n"
+        "              '--mode', 'fusellm', '--positions', 'span'])\n"
+        "p.parse_args(['pack', '--aligned', 'a', '--out', 'o', '--block-size', '8'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_cli_reports_bad_input(tiny_lms, tmp_path, capsys):

@@ -124,7 +124,8 @@ def test_train_command_end_to_end(tmp_path, target_dir, capsys):
     state = json.loads((out / "trainer_state.json").read_text())
     logs = [h for h in state["log_history"] if "loss" in h]
     assert [h["step"] for h in logs] == [1, 2, 3, 4]
-    assert [h["lm_weight"] for h in logs] == pytest.approx([1 - 0.4 * (1 - k / 4) for k in range(4)])
+    # linear_decay from λ = 0.6 over 4 steps: the fusion weight 0.4 falls by 0.1 per finished step
+    assert [h["lm_weight"] for h in logs] == pytest.approx([0.6, 0.7, 0.8, 0.9])
     assert state["train_batch_size"] == 2 and state["max_steps"] == 4
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pipeline_helpers import TARGET, TOP_K
 
-from fusekern.pipeline import load_packed, run_pack
+from fusekern.pipeline import formats, load_extract, load_packed, run_pack
 
 S = 3  # sources in the `aligned` fixture
 
@@ -115,6 +115,30 @@ def test_bad_inputs(aligned, tmp_path):
         run_pack(str(tmp_path), str(tmp_path / "y"), block_size=64)
     with pytest.raises(FileNotFoundError, match="not a packed fusion dataset"):
         load_packed(str(tmp_path))
+    (tmp_path / "meta.json").write_text(json.dumps({"sources": []}))
+    with pytest.raises(ValueError, match="'sources' must be a non-empty list"):
+        formats.load_fusion_meta(str(tmp_path / "meta.json"))
+
+
+def test_stage_outputs_follow_the_format_contract(aligned, extracts):
+    """What extract and align write is what fusekern.pipeline.formats names (pack and the trainer
+    read those directories by these names)."""
+    _, dirs = aligned
+    for rule, path in dirs.items():
+        meta = json.load(open(os.path.join(path, formats.ALIGN_META_FILE)))
+        assert meta["format"] == formats.ALIGNED_FORMAT, rule
+        assert meta["mode"] in formats.MODES and meta["positions"] in formats.POSITIONS, rule
+        assert tuple(datasets.load_from_disk(path).column_names) == formats.ALIGNED_COLUMNS, rule
+    for name, path in extracts.items():
+        ds, meta = load_extract(path)
+        assert meta["format"] == formats.EXTRACT_FORMAT, name
+        assert tuple(ds.column_names) == formats.EXTRACT_COLUMNS, name
+        assert os.path.isdir(os.path.join(path, formats.EXTRACT_TOKENIZER_DIR)), name
+        shards = [d for d in os.listdir(path) if d.startswith("shard-")]
+        assert shards, name
+        for shard in shards:
+            files = sorted(os.listdir(os.path.join(path, shard)))
+            assert files == sorted([formats.SHARD_DATA_FILE, formats.SHARD_META_FILE]), (name, shard)
 
 
 def test_fusion_loss_consumes_a_packed_batch(aligned, tiny_lms, tmp_path):

@@ -108,7 +108,7 @@ def test_linear_decay_schedule(tmp_path):
     trainer.train()
     got = [h["lm_weight"] for h in trainer.state.log_history if "lm_weight" in h]
     # the step computed after k finished optimizer steps uses λ = 1 - 0.5 (1 - k/8)
-    assert got == pytest.approx([1 - 0.5 * (1 - k / 8) for k in range(8)])
+    assert got == pytest.approx([0.5, 0.5625, 0.625, 0.6875, 0.75, 0.8125, 0.875, 0.9375])
 
 
 def test_gradient_accumulation_equals_big_batch(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-POSITIONS = ("span", "boundary")  # fusekern.pipeline.align.POSITIONS (a test keeps them equal)
+from fusekern.pipeline.formats import POSITIONS
 
 
 def register(subparsers: Any) -> None:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from fusekern.cli.demo import POSITIONS
-from fusekern.pipeline.paths import check_name_or_path
+from fusekern.pipeline.formats import MODES, PACKED_META_FILE, POSITIONS, TEACHER_COLUMNS
 
 __all__ = ["register"]
 
@@ -23,6 +22,8 @@ __all__ = ["register"]
 def _check_inputs(args: argparse.Namespace, flags: dict) -> None:
     """Every name-or-path option (``flag -> local_only``): a missing local path is a one-line
     error naming the flag, not a Hub lookup."""
+    from fusekern.pipeline.paths import check_name_or_path  # when a command runs: parsing stays light
+
     for flag, local_only in flags.items():
         values = getattr(args, flag[2:].replace("-", "_"))
         for value in values if isinstance(values, list) else [values]:
@@ -129,15 +130,13 @@ def _overwrite_arg(p: argparse.ArgumentParser, stage: str) -> None:
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-
+def _add_split(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "split",
         help="cut long documents to fit the block size under every tokenizer",
         description="Cut documents on whitespace so that every piece (plus EOS) fits --block-size "
         "tokens under each of --tokenizers (target and all sources).",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _data_args(p)
     p.add_argument(
@@ -149,6 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: 1)")
     p.set_defaults(func=_split)
 
+
+def _add_extract(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract",
         help="per-token top-k logits and CE of one source model (sharded, resumable)",
@@ -156,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "logits fp16) and the gold-token CE. Shards are written atomically and skipped when "
         "finished; under `accelerate launch`/`torchrun` each process takes the shards i with "
         "i % WORLD_SIZE == RANK.",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="causal LM: local directory or Hub name")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
@@ -185,12 +186,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)
 
+
+def _add_align(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "align",
         help="move source top-k lists onto the target's tokens and vocabulary",
         description="Align each source extract to the target tokenisation (byte-exact by default, "
         "DTW where bytes differ; --mode fusellm for FuseLLM's DTW rule) and map the top-k ids.",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--target-tokenizer", required=True, help="the target model's tokenizer")
     _data_args(p)
@@ -205,15 +208,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="one `fusekern vocab-map` file per source (default: computed now)",
     )
-    p.add_argument(
-        "--mode", choices=("bytes", "fusellm"), default="bytes", help="alignment rule (default: bytes)"
-    )
+    p.add_argument("--mode", choices=MODES, default="bytes", help="alignment rule (default: bytes)")
     p.add_argument(
         "--positions",
         choices=POSITIONS,
         default=None,
-        help="bytes mode: which target positions take a source's top-k: 'span' (next tokens cut alike) "
-        "or 'boundary' (every shared token boundary); default: run_align's (docs/DATA_FORMAT.md)",
+        help="bytes mode: which target positions take a source's top-k (the rules are described in "
+        "docs/DATA_FORMAT.md); default: run_align's",
     )
     p.add_argument("--out", required=True, help="output directory")
     _overwrite_arg(p, "align")
@@ -222,13 +223,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="documents per map batch (default: 256)")
     p.set_defaults(func=_align)
 
+
+def _add_pack(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pack",
         help="cut aligned documents into training blocks (the trainer's dataset)",
-        description="Write blocks of <= --block-size tokens with input_ids, labels, teacher_ids, "
-        "teacher_logits, source_ce, source_ce_doc, plus fusion_meta.json. One document per block "
+        description=f"Write blocks of <= --block-size tokens with input_ids, labels, "
+        f"{', '.join(TEACHER_COLUMNS)}, plus {PACKED_META_FILE}. One document per block "
         "unless --pack-documents.",
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--aligned", required=True, help="output directory of `fusekern align`")
     p.add_argument("--out", required=True, help="output directory")
@@ -242,3 +245,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: 1)")
     p.set_defaults(func=_pack)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for add in (_add_split, _add_extract, _add_align, _add_pack):
+        add(subparsers)

@@ -15,8 +15,8 @@ def train_variant(
     'clm_baseline': λ = 1) with ``fusekern train``'s code; the run goes to ``out``."""
     from transformers import TrainingArguments
 
-    from fusekern.cli.train import TrainModelArguments, run_train
     from fusekern.trainer import FusionArguments
+    from fusekern.trainer.run import TrainModelArguments, run_train
 
     fusion = FusionArguments(
         lm_weight=cfg.lm_weight if variant == "fused" else 1.0,

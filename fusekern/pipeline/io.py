@@ -178,10 +178,6 @@ def name_of(obj: Any) -> str:
     return type(obj).__name__
 
 
-def tokenizer_name(tok: Any) -> str:
-    return name_of(tok) if getattr(tok, "name_or_path", "") else type(tok).__name__
-
-
 def check_unique_names(names: list, what: str) -> None:
     """Source names key the teacher columns (``--fusion_sources``): they must be distinct."""
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -261,14 +257,3 @@ def count_tokens(tok: Any, text: str) -> int:
     if backend is not None:
         return len(backend.encode(text, add_special_tokens=False).ids)
     return len(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def token_starts(tok: Any, text: str) -> np.ndarray | None:
-    """Character offsets where each token of ``text`` starts (non-decreasing), or None for
-    slow tokenizers, which have no offsets."""
-    backend = _backend(tok)
-    if backend is None:
-        return None
-    offsets = backend.encode(text, add_special_tokens=False).offsets
-    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=len(offsets))
-    return np.maximum.accumulate(starts) if starts.size else starts

@@ -1,6 +1,6 @@
 """Stage 5, pack: cut the aligned documents into training blocks of at most ``block_size``
 tokens, every per-token array cut alongside, and write the trainer's dataset (schema in
-docs/DATA_FORMAT.md and notes/INTERFACES.md) plus ``fusion_meta.json``.
+:mod:`fusekern.pipeline.formats` and docs/DATA_FORMAT.md) plus ``fusion_meta.json``.
 
 Document boundaries (the default, ``pack_documents=False``): **one document per block**.
 ``split`` already cut documents to fit, so a block is one whole document (shorter blocks are
@@ -23,40 +23,26 @@ its block. Use it only with such a kernel.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
+from typing import NamedTuple
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from fusekern.pipeline.align import FORMAT as ALIGNED_FORMAT
-from fusekern.pipeline.align import META_FILE as ALIGN_META
+from fusekern.pipeline.formats import (
+    ALIGN_META_FILE,
+    ALIGNED_FORMAT,
+    PACKED_FORMAT,
+    PACKED_META_FILE,
+    packed_features,
+)
 from fusekern.pipeline.io import check_unique_names, read_json, save_dataset_atomic, vocab_fingerprint
 from fusekern.pipeline.paths import OutputDir, prepare_output_dir
 
-FORMAT = "fusekern-packed/1"
-META_FILE = "fusion_meta.json"
-OUTPUT = OutputDir("pack", META_FILE, (FORMAT,))
-
-
-def packed_features(num_sources: int, top_k: int, with_position_ids: bool) -> datasets.Features:
-    seq, val = datasets.Sequence, datasets.Value
-    cols = {
-        "input_ids": seq(val("int32")),
-        "labels": seq(val("int32")),
-    }
-    if with_position_ids:
-        cols["position_ids"] = seq(val("int32"))
-    cols.update(
-        {
-            "teacher_ids": seq(seq(seq(val("int32"), length=top_k), length=num_sources)),
-            "teacher_logits": seq(seq(seq(val("float16"), length=top_k), length=num_sources)),
-            "source_ce": seq(seq(val("float32"), length=num_sources)),
-            "source_ce_doc": seq(seq(val("float32"), length=num_sources)),
-        }
-    )
-    return datasets.Features(cols)
+OUTPUT = OutputDir("pack", PACKED_META_FILE, (PACKED_FORMAT,))
 
 
 def _max_id(column: pa.ChunkedArray) -> int:
@@ -94,8 +80,16 @@ def _flat(arr: pa.Array, width: int, dtype) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype).reshape((-1, *width) if width else -1)
 
 
-def _pieces(lengths: np.ndarray, block: int) -> tuple:
-    """(doc, start, end) of every piece: whole documents, or one-token-overlap cuts."""
+class _Pieces(NamedTuple):
+    """The pieces of a batch's documents, one entry per piece (int64 arrays)."""
+
+    doc: np.ndarray  # document index within the batch
+    start: np.ndarray  # first token of the piece in its document
+    end: np.ndarray  # one past its last token
+
+
+def _pieces(lengths: np.ndarray, block: int) -> _Pieces:
+    """Every piece: whole documents, or one-token-overlap cuts of those longer than ``block``."""
     docs, starts, ends = [], [], []
     for d, n in enumerate(lengths.tolist()):
         s = 0
@@ -107,7 +101,24 @@ def _pieces(lengths: np.ndarray, block: int) -> tuple:
             if e >= n:
                 break
             s = e - 1
-    return np.array(docs, dtype=np.int64), np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+    return _Pieces(*(np.array(x, dtype=np.int64) for x in (docs, starts, ends)))
+
+
+def _block_lengths(piece_lengths: np.ndarray, block: int, concat: bool) -> np.ndarray:
+    """Tokens per output block: one piece each, or (``concat``) pieces gathered greedily, in
+    order, a piece opening a new block when it does not fit."""
+    if not concat:
+        return piece_lengths
+    block_of = np.zeros(len(piece_lengths), dtype=np.int64)
+    fill = 0
+    b = 0
+    for i, n in enumerate(piece_lengths.tolist()):
+        if fill and fill + n > block:
+            b += 1
+            fill = 0
+        block_of[i] = b
+        fill += n
+    return np.bincount(block_of, weights=piece_lengths).astype(np.int64)
 
 
 def _pack_batch(batch: pa.Table, *, block: int, num_s: int, top_k: int, concat: bool) -> pa.Table:
@@ -121,23 +132,13 @@ def _pack_batch(batch: pa.Table, *, block: int, num_s: int, top_k: int, concat: 
     ce = _flat(batch.column("source_ce").combine_chunks(), (num_s,), np.float32)
     ce_doc = _flat(batch.column("source_ce_doc").combine_chunks(), (num_s,), np.float32)
 
-    doc, start, end = _pieces(lengths, block)
-    plen = end - start
-    if concat:  # greedy, in order: a piece opens a new block when it does not fit
-        block_of = np.zeros(len(plen), dtype=np.int64)
-        fill = 0
-        b = 0
-        for i, n in enumerate(plen.tolist()):
-            if fill and fill + n > block:
-                b += 1
-                fill = 0
-            block_of[i] = b
-            fill += n
-        blk_len = np.bincount(block_of, weights=plen).astype(np.int64)
-    else:
-        blk_len = plen
-    gather = np.concatenate([np.arange(offsets[d] + s, offsets[d] + e) for d, s, e in zip(doc, start, end)])
-    tok_doc = np.repeat(doc, plen)
+    pieces = _pieces(lengths, block)
+    plen = pieces.end - pieces.start
+    blk_len = _block_lengths(plen, block, concat)
+    gather = np.concatenate(
+        [np.arange(offsets[d] + s, offsets[d] + e) for d, s, e in zip(pieces.doc, pieces.start, pieces.end)]
+    )
+    tok_doc = np.repeat(pieces.doc, plen)
     blk_off = np.zeros(len(blk_len) + 1, dtype=np.int64)
     np.cumsum(blk_len, out=blk_off[1:])
     out_off = pa.array(blk_off.astype(np.int32), type=pa.int32())
@@ -166,6 +167,80 @@ def _pack_batch(batch: pa.Table, *, block: int, num_s: int, top_k: int, concat: 
     return pa.Table.from_arrays(arrays, schema=packed_features(num_s, top_k, concat).arrow_schema)
 
 
+def _read_aligned_meta(aligned_dir: str) -> dict:
+    """The ``align_meta.json`` of an aligned dataset, checked to be one."""
+    meta_path = os.path.join(aligned_dir, ALIGN_META_FILE)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(
+            f"{aligned_dir!r} is not an aligned dataset (no {ALIGN_META_FILE}); run align first"
+        )
+    ameta = read_json(meta_path)
+    if ameta.get("format") != ALIGNED_FORMAT:
+        raise ValueError(f"{aligned_dir!r}: unknown aligned format {ameta.get('format')!r}")
+    check_unique_names(list(ameta["sources"]), f"aligned dataset {aligned_dir!r}")
+    return ameta
+
+
+def _pack_dataset(
+    aligned: datasets.Dataset,
+    cache: str,
+    *,
+    block_size: int,
+    num_s: int,
+    top_k: int,
+    concat: bool,
+    batch_size: int,
+    num_proc: int | None,
+) -> datasets.Dataset:
+    """All blocks of ``aligned``, written once to ``cache`` by ``datasets.map``."""
+    return (
+        aligned.with_format("arrow")
+        .map(
+            _pack_batch,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            remove_columns=aligned.column_names,
+            features=packed_features(num_s, top_k, concat),
+            fn_kwargs={"block": block_size, "num_s": num_s, "top_k": top_k, "concat": concat},
+            cache_file_name=os.path.join(cache, "packed.arrow"),
+            load_from_cache_file=False,
+            new_fingerprint=f"fusekern-pack-{uuid.uuid4().hex}",
+            desc="pack",
+        )
+        .with_format(None)
+    )
+
+
+def _packed_meta(
+    packed: datasets.Dataset, aligned: datasets.Dataset, ameta: dict, *, block_size: int, pack_documents: bool
+) -> dict:
+    """The ``fusion_meta.json`` of ``packed`` (without ``seconds``)."""
+    doc_lengths = pa.compute.list_value_length(aligned.data.column("input_ids")).to_numpy()
+    n_tokens = int(pa.compute.sum(pa.compute.list_value_length(packed.data.column("input_ids"))).as_py() or 0)
+    return {
+        "format": PACKED_FORMAT,
+        "sources": ameta["sources"],
+        "target": ameta["target"],
+        "target_vocab_sha256": ameta.get("target_vocab_sha256"),
+        "target_vocab_size": ameta.get("target_vocab_size"),
+        "max_token_id": max(
+            _max_id(packed.data.column("input_ids")), _max_id(packed.data.column("teacher_ids"))
+        ),
+        "top_k": int(ameta["top_k"]),
+        "block_size": block_size,
+        "mode": ameta["mode"],
+        "packing": "concat" if pack_documents else "document",
+        "columns": list(packed.column_names),
+        "num_blocks": len(packed),
+        "num_tokens": n_tokens,
+        "num_docs": len(aligned),
+        "docs_cut": int((np.asarray(doc_lengths, dtype=np.int64) > block_size).sum()),
+        "aligned_fraction": ameta.get("aligned_fraction"),
+        "teacher_convention": "position t holds the distribution for the token at t+1; ids -1 = padding",
+    }
+
+
 def run_pack(
     aligned_dir: str,
     out_dir: str,
@@ -185,81 +260,29 @@ def run_pack(
     t0 = time.time()
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
         raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
-    meta_path = os.path.join(aligned_dir, ALIGN_META)
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(
-            f"{aligned_dir!r} is not an aligned dataset (no {ALIGN_META}); run align first"
-        )
-    ameta = read_json(meta_path)
-    if ameta.get("format") != ALIGNED_FORMAT:
-        raise ValueError(f"{aligned_dir!r}: unknown aligned format {ameta.get('format')!r}")
-    check_unique_names(list(ameta["sources"]), f"aligned dataset {aligned_dir!r}")
+    ameta = _read_aligned_meta(aligned_dir)
     out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=[("aligned", aligned_dir)], overwrite=overwrite)
     aligned = datasets.load_from_disk(aligned_dir)
-    num_s, top_k = len(ameta["sources"]), int(ameta["top_k"])
-    lengths = np.asarray(
-        pa.compute.list_value_length(aligned.data.column("input_ids")).to_numpy(), dtype=np.int64
-    )
     cache = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".tmp-pack-cache-{uuid.uuid4().hex[:8]}")
     os.makedirs(cache)
     try:
-        packed = (
-            aligned.with_format("arrow")
-            .map(
-                _pack_batch,
-                batched=True,
-                batch_size=batch_size,
-                num_proc=num_proc,
-                remove_columns=aligned.column_names,
-                features=packed_features(num_s, top_k, pack_documents),
-                fn_kwargs={"block": block_size, "num_s": num_s, "top_k": top_k, "concat": pack_documents},
-                cache_file_name=os.path.join(cache, "packed.arrow"),
-                load_from_cache_file=False,
-                new_fingerprint=f"fusekern-pack-{uuid.uuid4().hex}",
-                desc="pack",
-            )
-            .with_format(None)
+        packed = _pack_dataset(
+            aligned,
+            cache,
+            block_size=block_size,
+            num_s=len(ameta["sources"]),
+            top_k=int(ameta["top_k"]),
+            concat=pack_documents,
+            batch_size=batch_size,
+            num_proc=num_proc,
         )
-        n_tokens = int(
-            pa.compute.sum(pa.compute.list_value_length(packed.data.column("input_ids"))).as_py() or 0
-        )
-        meta = {
-            "format": FORMAT,
-            "sources": ameta["sources"],
-            "target": ameta["target"],
-            "target_vocab_sha256": ameta.get("target_vocab_sha256"),
-            "target_vocab_size": ameta.get("target_vocab_size"),
-            "max_token_id": max(
-                _max_id(packed.data.column("input_ids")), _max_id(packed.data.column("teacher_ids"))
-            ),
-            "top_k": top_k,
-            "block_size": block_size,
-            "mode": ameta["mode"],
-            "packing": "concat" if pack_documents else "document",
-            "columns": list(packed.column_names),
-            "num_blocks": len(packed),
-            "num_tokens": n_tokens,
-            "num_docs": len(aligned),
-            "docs_cut": int((lengths > block_size).sum()),
-            "aligned_fraction": ameta.get("aligned_fraction"),
-            "teacher_convention": "position t holds the distribution for the token at t+1; ids -1 = padding",
-            "seconds": round(time.time() - t0, 3),
-        }
-        save_dataset_atomic(packed, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
+        meta = _packed_meta(packed, aligned, ameta, block_size=block_size, pack_documents=pack_documents)
+        meta["seconds"] = round(time.time() - t0, 3)
+        save_dataset_atomic(packed, out_dir, {PACKED_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     finally:
-        import shutil
-
         shutil.rmtree(cache, ignore_errors=True)
     print(
         f"pack: {meta['num_docs']} documents -> {meta['num_blocks']} blocks of <= {block_size} tokens "
         f"({meta['packing']}, {meta['docs_cut']} documents cut) -> {out_dir}"
     )
     return out_dir
-
-
-def load_packed(out_dir: str) -> tuple[datasets.Dataset, dict]:
-    """The packed dataset and its ``fusion_meta.json``."""
-    path = os.path.join(out_dir, META_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{out_dir!r} is not a packed fusion dataset (no {META_FILE})")
-    return datasets.load_from_disk(out_dir), read_json(path)

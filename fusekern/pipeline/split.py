@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fusekern.pipeline.formats import SPLIT_FORMAT, SPLIT_META_FILE
 from fusekern.pipeline.io import (
     DataLike,
     count_tokens,
@@ -32,10 +33,8 @@ from fusekern.pipeline.io import (
 )
 from fusekern.pipeline.paths import OutputDir, prepare_output_dir
 
-FORMAT = "fusekern-split/1"
-META_FILE = "split_meta.json"
 # Older split outputs carry only {"stage": "split"}.
-OUTPUT = OutputDir("split", META_FILE, (FORMAT, "split"))
+OUTPUT = OutputDir("split", SPLIT_META_FILE, (SPLIT_FORMAT, "split"))
 
 _MIN_BLOCK = 8
 
@@ -46,9 +45,9 @@ def _boundary(text: str, start: int, bound: int) -> int:
     nl = text.rfind("\n", start, bound)
     if nl >= 0 and nl + 1 > start + (bound - start) // 2:
         return nl + 1
-    for j in range(bound - 1, start - 1, -1):
+    for j in range(bound - 1, start - 1, -1):  # j >= start, so the piece text[start:j + 1] is never empty
         if text[j].isspace():
-            return j + 1 if j + 1 > start else bound
+            return j + 1
     return bound
 
 
@@ -236,7 +235,7 @@ def run_split(
     n_in = len(ds)
     used = len(set(out["doc_index"])) if len(out) else 0
     meta = {
-        "format": FORMAT,
+        "format": SPLIT_FORMAT,
         "stage": "split",
         "block_size": block_size,
         "append_eos": append_eos,
@@ -246,7 +245,7 @@ def run_split(
         "pieces": len(out),
         "seconds": round(time.time() - t0, 3),
     }
-    save_dataset_atomic(out, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
+    save_dataset_atomic(out, out_dir, {SPLIT_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     print(
         f"split: {n_in} documents -> {len(out)} pieces "
         f"({meta['docs_dropped_empty']} empty dropped) in {meta['seconds']:.1f}s -> {out_dir}"

@@ -36,8 +36,9 @@ def build_vocab_map(
     ``arg_names``: how errors name the two arguments."""
     from fusekern.align.vocab import map_vocab
 
-    src = load_tokenizer(source_tokenizer, name=arg_names[0])
-    tgt = load_tokenizer(target_tokenizer, name=arg_names[1])
+    source_name, target_name = arg_names
+    src = load_tokenizer(source_tokenizer, name=source_name)
+    tgt = load_tokenizer(target_tokenizer, name=target_name)
     vmap = map_vocab(src, tgt, threads=threads, progress=progress)
     vmap.tokenizers = {
         "source": name_of(source_tokenizer),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Union
 
+from fusekern.pipeline.formats import load_fusion_meta
 from fusekern.pipeline.pack import check_target_vocab
-from fusekern.trainer.collator import load_fusion_meta
 
 
 def check_data_fits_model(

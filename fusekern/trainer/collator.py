@@ -6,35 +6,25 @@ this one keeps the teacher as it is stored: ``[B, T, S, K]`` ids/logits and ``[B
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
 
+from fusekern.pipeline.formats import load_fusion_meta
 from fusekern.trainer.args import CE_LEVELS, FusionArguments
-
-TEACHER_COLUMNS = ("teacher_ids", "teacher_logits", "source_ce", "source_ce_doc")
-"""Per-token teacher columns of the packed dataset (see INTERFACES.md)."""
 
 TEACHER_INPUTS = ("teacher_ids", "teacher_logits", "source_ce")
 """Keys the collator emits for the loss (``source_ce`` holds the CE of the chosen ``ce_level``)."""
 
-META_FILE = "fusion_meta.json"
 
+class _TeacherRow(NamedTuple):
+    """One block's teacher, its selected sources only: ``[T, S', K]``, ``[T, S', K]``, ``[T, S']``."""
 
-def load_fusion_meta(path: Union[str, os.PathLike]) -> dict:
-    """Read ``fusion_meta.json`` from a packed dataset directory (or the JSON file itself)."""
-    path = os.fspath(path)
-    file = os.path.join(path, META_FILE) if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no {META_FILE} at {path!r}; is it a dataset written by `fusekern pack`?")
-    with open(file, encoding="utf-8") as f:
-        meta = json.load(f)
-    if not isinstance(meta.get("sources"), list) or not meta["sources"]:
-        raise ValueError(f"{file}: 'sources' must be a non-empty list of source names")
-    return meta
+    ids: np.ndarray
+    logits: np.ndarray
+    ce: np.ndarray
 
 
 def _array(feature: Mapping[str, Any], key: str, ndim: int, index: int) -> np.ndarray:
@@ -105,22 +95,29 @@ class FusionDataCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("features is empty")
-        ce_key = "source_ce" if self.ce_level == "token" else "source_ce_doc"
-        has_teacher = ["teacher_ids" in f for f in features]
-        if any(has_teacher) and not all(has_teacher):
-            raise ValueError("some features have teacher columns and some don't; batch them separately")
-        with_teacher = has_teacher[0]
-        with_pos = "position_ids" in features[0]
-        if any(("position_ids" in f) != with_pos for f in features):
-            raise ValueError("position_ids must be present in all features or in none")
-
+        with_teacher = _all_or_none(
+            features,
+            "teacher_ids",
+            "some features have teacher columns and some don't; batch them separately",
+        )
+        with_pos = _all_or_none(
+            features, "position_ids", "position_ids must be present in all features or in none"
+        )
         ids = [_array(f, "input_ids", 1, i) for i, f in enumerate(features)]
-        lengths = [len(x) for x in ids]
-        length = max(lengths)
+        length = max(len(x) for x in ids)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        bsz = len(features)
+        batch = self._lm_batch(features, ids, length, with_pos)
+        if with_teacher:
+            rows = [self._teacher_row(f, b, len(x)) for b, (f, x) in enumerate(zip(features, ids))]
+            batch.update(_pad_teacher(rows, length))
+        return batch
 
+    def _lm_batch(
+        self, features: Sequence[Mapping[str, Any]], ids: list, length: int, with_pos: bool
+    ) -> dict[str, torch.Tensor]:
+        """``input_ids``/``attention_mask``/``labels`` (and ``position_ids``) padded to ``length``."""
+        bsz = len(features)
         input_ids = np.full((bsz, length), self.pad_token_id, dtype=np.int64)
         labels = np.full((bsz, length), -100, dtype=np.int64)
         attention = np.zeros((bsz, length), dtype=np.int64)
@@ -129,19 +126,13 @@ class FusionDataCollator:
             n = len(x)
             input_ids[b, :n] = x
             attention[b, :n] = 1
-            lab = _array(f, "labels", 1, b) if "labels" in f else x
-            if len(lab) != n:
-                raise ValueError(f"features[{b}]['labels'] has length {len(lab)}, input_ids {n}")
-            labels[b, :n] = lab
+            labels[b, :n] = _token_column(f, "labels", b, n) if "labels" in f else x
             if position is not None:
-                pos = _array(f, "position_ids", 1, b)
-                if len(pos) != n:
-                    raise ValueError(f"features[{b}]['position_ids'] has length {len(pos)}, input_ids {n}")
+                pos = _token_column(f, "position_ids", b, n)
                 position[b, :n] = pos
                 # padding continues the last document's positions (masked out anyway)
-                if n < length:
-                    start = int(pos[-1]) + 1 if n else 0
-                    position[b, n:] = np.arange(start, start + length - n)
+                start = int(pos[-1]) + 1 if n else 0
+                position[b, n:] = np.arange(start, start + length - n)
         batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.from_numpy(attention),
@@ -149,52 +140,67 @@ class FusionDataCollator:
         }
         if position is not None:
             batch["position_ids"] = torch.from_numpy(position)
-        if not with_teacher:
-            return batch
-
-        t_ids, t_logits, t_ce = [], [], []
-        for b, f in enumerate(features):
-            for key in ("teacher_logits", ce_key):
-                if key not in f:
-                    raise ValueError(
-                        f"features[{b}] has no {key!r} column"
-                        + (" (needed by ce_level='sequence')" if key == "source_ce_doc" else "")
-                    )
-            tid = _array(f, "teacher_ids", 3, b)
-            tlg = _array(f, "teacher_logits", 3, b)
-            tce = _array(f, ce_key, 2, b)
-            n = lengths[b]
-            if tid.shape[0] != n or tlg.shape != tid.shape:
-                raise ValueError(
-                    f"features[{b}]: teacher_ids {tid.shape} and teacher_logits {tlg.shape} must both be "
-                    f"[T={n}, S, K]"
-                )
-            if tce.shape != tid.shape[:2]:
-                raise ValueError(f"features[{b}]: {ce_key} has shape {tce.shape}, expected {tid.shape[:2]}")
-            if self.source_indices is not None:
-                if max(self.source_indices) >= tid.shape[1]:
-                    raise ValueError(
-                        f"source_indices {self.source_indices} out of range for {tid.shape[1]} sources "
-                        f"in features[{b}]"
-                    )
-                sel = self.source_indices
-                tid, tlg, tce = tid[:, sel], tlg[:, sel], tce[:, sel]
-            t_ids.append(tid)
-            t_logits.append(tlg)
-            t_ce.append(tce)
-        shapes = {x.shape[1:] for x in t_ids}
-        if len(shapes) != 1:
-            raise ValueError(f"features disagree on the teacher's [S, K] shape: {sorted(shapes)}")
-        n_src, k = t_ids[0].shape[1:]
-        teacher_ids = np.full((bsz, length, n_src, k), -1, dtype=np.int64)
-        teacher_logits = np.zeros((bsz, length, n_src, k), dtype=np.float32)
-        source_ce = np.zeros((bsz, length, n_src), dtype=np.float32)
-        for b in range(bsz):
-            n = lengths[b]
-            teacher_ids[b, :n] = t_ids[b]
-            teacher_logits[b, :n] = t_logits[b]
-            source_ce[b, :n] = t_ce[b]
-        batch["teacher_ids"] = torch.from_numpy(teacher_ids)
-        batch["teacher_logits"] = torch.from_numpy(teacher_logits)
-        batch["source_ce"] = torch.from_numpy(source_ce)
         return batch
+
+    def _teacher_row(self, feature: Mapping[str, Any], b: int, n: int) -> _TeacherRow:
+        """Block ``b``'s teacher (``n`` tokens), checked, with the selected sources only."""
+        ce_key = "source_ce" if self.ce_level == "token" else "source_ce_doc"
+        for key in ("teacher_logits", ce_key):
+            if key not in feature:
+                raise ValueError(
+                    f"features[{b}] has no {key!r} column"
+                    + (" (needed by ce_level='sequence')" if key == "source_ce_doc" else "")
+                )
+        tid = _array(feature, "teacher_ids", 3, b)
+        tlg = _array(feature, "teacher_logits", 3, b)
+        tce = _array(feature, ce_key, 2, b)
+        if tid.shape[0] != n or tlg.shape != tid.shape:
+            raise ValueError(
+                f"features[{b}]: teacher_ids {tid.shape} and teacher_logits {tlg.shape} must both be "
+                f"[T={n}, S, K]"
+            )
+        if tce.shape != tid.shape[:2]:
+            raise ValueError(f"features[{b}]: {ce_key} has shape {tce.shape}, expected {tid.shape[:2]}")
+        sel = self.source_indices
+        if sel is None:
+            return _TeacherRow(tid, tlg, tce)
+        if max(sel) >= tid.shape[1]:
+            raise ValueError(f"source_indices {sel} out of range for {tid.shape[1]} sources in features[{b}]")
+        return _TeacherRow(tid[:, sel], tlg[:, sel], tce[:, sel])
+
+
+def _all_or_none(features: Sequence[Mapping[str, Any]], key: str, error: str) -> bool:
+    """Whether the features have ``key``: all of them or none, else ``ValueError(error)``."""
+    present = [key in f for f in features]
+    if any(present) and not all(present):
+        raise ValueError(error)
+    return present[0]
+
+
+def _token_column(feature: Mapping[str, Any], key: str, b: int, n: int) -> np.ndarray:
+    """A per-token column of block ``b``, which must have ``n`` tokens like its ``input_ids``."""
+    arr = _array(feature, key, 1, b)
+    if len(arr) != n:
+        raise ValueError(f"features[{b}][{key!r}] has length {len(arr)}, input_ids {n}")
+    return arr
+
+
+def _pad_teacher(rows: Sequence[_TeacherRow], length: int) -> dict[str, torch.Tensor]:
+    """The blocks' teachers right-padded to ``length`` positions (ids -1, logits and CE 0)."""
+    shapes = {r.ids.shape[1:] for r in rows}
+    if len(shapes) != 1:
+        raise ValueError(f"features disagree on the teacher's [S, K] shape: {sorted(shapes)}")
+    n_src, k = rows[0].ids.shape[1:]
+    teacher_ids = np.full((len(rows), length, n_src, k), -1, dtype=np.int64)
+    teacher_logits = np.zeros((len(rows), length, n_src, k), dtype=np.float32)
+    source_ce = np.zeros((len(rows), length, n_src), dtype=np.float32)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        teacher_ids[b, :n] = r.ids
+        teacher_logits[b, :n] = r.logits
+        source_ce[b, :n] = r.ce
+    return {
+        "teacher_ids": torch.from_numpy(teacher_ids),
+        "teacher_logits": torch.from_numpy(teacher_logits),
+        "source_ce": torch.from_numpy(source_ce),
+    }

@@ -15,13 +15,18 @@ from typing import Any, Mapping, Union
 import torch
 from transformers import Trainer
 
+from fusekern.pipeline.formats import TEACHER_COLUMNS
 from fusekern.trainer.args import FusionArguments
-from fusekern.trainer.collator import TEACHER_COLUMNS, TEACHER_INPUTS, FusionDataCollator
+from fusekern.trainer.collator import TEACHER_INPUTS, FusionDataCollator
 from fusekern.trainer.head import fused_head_forward, fused_head_problem, output_head
 
 logger = logging.getLogger("fusekern")
 
 _KEEP_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids", *TEACHER_COLUMNS)
+
+# Slots of the logged-parts accumulator: one float32 tensor (so that ranks can sum it in one reduce)
+# holding the CLM and fusion loss sums and the number of batches that contributed each.
+_CLM_SUM, _FUSION_SUM, _CLM_BATCHES, _FUSION_BATCHES, _NUM_PARTS = range(5)  # _NUM_PARTS: the size
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -112,7 +117,7 @@ class FusionTrainer(Trainer):
         self.fusion_loss = FusionLoss(**opts)
         self.linear_fusion_loss = LinearFusionLoss(**opts)
         self.fused_head: bool | None = None  # decided at the first training batch
-        # [clm sum, fusion sum, #batches, #fusion batches] for training and for evaluation
+        # the logged-parts accumulators (slots _CLM_SUM ... _FUSION_BATCHES), training and evaluation
         self._parts: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._last_lm_weight = fusion_args.lm_weight_at(0.0)
 
@@ -214,13 +219,13 @@ class FusionTrainer(Trainer):
         single pass over the logits), on device: no host sync per step."""
         clm = getattr(loss_mod, "last_clm", None) if loss_mod is not None else loss
         fusion = getattr(loss_mod, "last_fusion", None) if loss_mod is not None else None
-        parts = torch.zeros(4, device=loss.device, dtype=torch.float32)
+        parts = torch.zeros(_NUM_PARTS, device=loss.device, dtype=torch.float32)
         if clm is not None:
-            parts[0] = clm.detach().float()
-            parts[2] = 1.0
+            parts[_CLM_SUM] = clm.detach().float()
+            parts[_CLM_BATCHES] = 1.0
         if fusion is not None:
-            parts[1] = fusion.detach().float()
-            parts[3] = 1.0
+            parts[_FUSION_SUM] = fusion.detach().float()
+            parts[_FUSION_BATCHES] = 1.0
         old = self._parts[mode]
         self._parts[mode] = parts if old is None else old + parts
         if mode == "train":
@@ -244,10 +249,10 @@ class FusionTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             parts = self.accelerator.reduce(parts, reduction="sum")
         parts = parts.tolist()
-        if parts[2] > 0:
-            logs[f"{prefix}clm_loss"] = parts[0] / parts[2]
-        if parts[3] > 0:
-            logs[f"{prefix}fusion_loss"] = parts[1] / parts[3]
+        if parts[_CLM_BATCHES] > 0:
+            logs[f"{prefix}clm_loss"] = parts[_CLM_SUM] / parts[_CLM_BATCHES]
+        if parts[_FUSION_BATCHES] > 0:
+            logs[f"{prefix}fusion_loss"] = parts[_FUSION_SUM] / parts[_FUSION_BATCHES]
 
 
 def _zero_stage(trainer: Trainer) -> int | None:
