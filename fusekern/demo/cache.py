@@ -19,7 +19,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Callable
 
 # The fusekern sources each stage runs, relative to the package: a file, a folder ("x/": its .py
-# files) or "_C" (the native extension, wherever the package keeps it).
+# files, subfolders included) or "_C" (the native extension, wherever the package keeps it).
 _CODE = {
     "corpus": ("demo/data.py", "demo/toy/corpus.py"),
     "model": ("demo/data.py", "demo/lm.py", "demo/toy/models.py", "demo/toy/tokenizers.py"),
@@ -35,8 +35,17 @@ _CODE = {
         "pipeline/extract.py",
         "_C",
     ),
-    "pack": ("pipeline/pack.py", "pipeline/io.py"),
-    "train": ("demo/train.py", "cli/train.py", "trainer/", "loss.py", "ops/"),
+    "pack": ("pipeline/pack.py", "pipeline/formats.py", "pipeline/io.py"),
+    "train": (
+        "demo/train.py",
+        "trainer/",
+        "loss.py",
+        "linear_loss.py",
+        "ops/",
+        "pipeline/formats.py",
+        "pipeline/io.py",
+        "pipeline/paths.py",
+    ),
     "score": ("demo/lm.py",),
     "validate": ("demo/lm.py",),
 }
@@ -68,7 +77,12 @@ def code_files(entry: str) -> list:
     if entry == "_C":
         files = _native_files(root)
     elif entry.endswith("/") and os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".py"))
+        files = sorted(
+            os.path.join(folder, f)
+            for folder, subdirs, names in os.walk(path)
+            for f in names
+            if f.endswith(".py") and "__pycache__" not in folder
+        )
     else:
         files = [path] if os.path.isfile(path) else []
     if not files:
