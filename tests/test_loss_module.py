@@ -125,6 +125,24 @@ def test_one_pass_over_the_logits(monkeypatch):
     assert len(calls) == 1
 
 
+def test_no_gradient_written_when_none_is_wanted(monkeypatch):
+    """Under ``torch.no_grad`` (evaluation) the row pass computes the loss only, even for logits
+    that require grad; with grad mode on it writes the gradient."""
+    from fusekern.ops.engine import function
+
+    wanted = []
+    real = function.torch_rows
+    monkeypatch.setattr(function, "torch_rows", lambda *a, **k: wanted.append(a[7]) or real(*a, **k))
+    logits, labels, ids, tlg, ce, _ = make_batch(2, 5, 30, 2, 2, seed=2)
+    x = logits.requires_grad_()
+    mod = fusekern.FusionLoss(0.5, backend="torch")
+    with torch.no_grad():
+        a = mod(x, labels, ids, tlg, ce)
+    b = mod(x, labels, ids, tlg, ce)
+    assert wanted == [False, True] and not a.requires_grad and b.requires_grad
+    torch.testing.assert_close(a, b.detach())
+
+
 def test_gradcheck():
     logits, labels, ids, tlg, ce, _ = make_batch(2, 4, 13, 2, 3, seed=3)
     mod = fusekern.FusionLoss(0.6, "avg_ce", 1.4, backend="torch")

@@ -122,8 +122,7 @@ class RowLoss(torch.autograd.Function):
     ``labels`` [N] int (−100 = none) or None. Differentiable w.r.t. ``x`` only."""
 
     @staticmethod
-    def forward(ctx, x, ids, logits, ce, keep, labels, opts: LossOptions):  # type: ignore[override]
-        want_grad = ctx.needs_input_grad[0]
+    def forward(ctx, x, ids, logits, ce, keep, labels, opts: LossOptions, want_grad: bool):  # type: ignore[override]
         checks = _value_checks(opts, ids, logits, ce, labels, x.shape[1])
         plan = RowPlan(ids, keep, labels, opts.lm_weight, opts.reduction, _acc(x))
         if opts.impl == "triton":
@@ -153,7 +152,7 @@ class RowLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_clm, _grad_distill):  # type: ignore[override]
-        return (*_scaled_grads(ctx, grad_loss), None, None, None, None, None, None)
+        return (*_scaled_grads(ctx, grad_loss), None, None, None, None, None, None, None)
 
 
 def row_loss(
@@ -179,7 +178,9 @@ def row_loss(
     impl = resolve_backend(backend, x, row_loss_kernel)
     opts = LossOptions(impl, method, temperature, kl, lm_weight, reduction, dict(names))
     ce = ce.detach() if ce is not None else None
-    return RowLoss.apply(x, ids, logits.detach(), ce, keep, labels, opts)
+    # whether to compute the gradient is decided here: forward itself runs without grad mode
+    want_grad = torch.is_grad_enabled() and x.requires_grad
+    return RowLoss.apply(x, ids, logits.detach(), ce, keep, labels, opts, want_grad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,9 +193,8 @@ class LinearRowLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, h, w, b, labels, ids, logits, ce, opts: LossOptions, chunk_size: int | None, accum
+        ctx, h, w, b, labels, ids, logits, ce, opts: LossOptions, chunk_size: int | None, accum, need
     ):
-        need = ctx.needs_input_grad[:3]
         checks = _value_checks(opts, ids, logits, ce, labels, w.shape[0])
         plan = RowPlan(ids, labels != V_.IGNORE_INDEX, labels, opts.lm_weight, "mean", _acc(h))
         distill, clm, nonfinite, grads = linear_rows(
@@ -223,7 +223,7 @@ class LinearRowLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_clm, _grad_distill):  # type: ignore[override]
-        return (*_scaled_grads(ctx, grad_loss), None, None, None, None, None, None, None)
+        return (*_scaled_grads(ctx, grad_loss), None, None, None, None, None, None, None, None)
 
 
 def linear_row_loss(
@@ -248,4 +248,8 @@ def linear_row_loss(
     options already checked). Returns ``(loss, clm_mean, distill_mean)``."""
     impl = resolve_backend(backend, h, row_loss_kernel)
     opts = LossOptions(impl, method, temperature, kl, lm_weight, "mean", dict(names))
-    return LinearRowLoss.apply(h, w, b, labels, ids, logits.detach(), ce.detach(), opts, chunk_size, accum)
+    # needed gradients are decided here: forward itself runs without grad mode
+    need = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (h, w, b))
+    return LinearRowLoss.apply(
+        h, w, b, labels, ids, logits.detach(), ce.detach(), opts, chunk_size, accum, need
+    )
