@@ -3,11 +3,6 @@
 The public op only checks its arguments; the computation is the shared loss engine
 (:mod:`fusekern.ops.engine`): the Triton row kernel on CUDA, the chunked PyTorch row pass
 otherwise.
-
-Gradient storage: a separate ``[N, V]`` buffer in the logits' dtype, not written over the
-logits: overwriting a tensor the caller (or the HF model output) still holds would be silently
-wrong, and autograd needs an N×V gradient for the logits anyway, so the buffer is the gradient
-that flows on to ``lm_head`` — nothing beyond it is allocated.
 """
 
 from __future__ import annotations

@@ -12,4 +12,10 @@ the distillation and CLM terms and the gradient, written in forward.
 - ``plan.py``: which rows count, the counts and gradient coefficients, fixed before any row;
 - ``function.py``: the autograd Functions (tensors in, loss parts out; backward scales the
   precomputed gradients) and the entry points ``row_loss`` / ``linear_row_loss``.
+
+Gradient storage (given logits): a separate ``[N, V]`` buffer in the logits' dtype, not written
+over the logits: overwriting a tensor the caller (or the HF model output) still holds would be
+silently wrong, and autograd needs an N×V gradient for the logits anyway, so the buffer is the
+gradient that flows on to ``lm_head`` — nothing beyond it is allocated. (LinearFusionLoss owns
+its logits chunk, so there the gradient is written over it.)
 """
