@@ -24,10 +24,10 @@ from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from _memory import timed_peak  # noqa: E402  (benchmarks/, on sys.path under pytest and as a script)
+from _memory import timed_peak  # benchmarks/, on sys.path under pytest and as a script
 
 import fusekern
-from fusekern.ops.reference import fusion_loss_ref, fusion_module_ref
+from fusekern.testing.ops_reference import fusion_loss_ref, fusion_module_ref
 
 N, V, S, K = 2048, 32000, 3, 10
 

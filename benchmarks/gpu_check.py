@@ -20,6 +20,7 @@ For every op (sparse_kl_loss, fusion_loss, FusionLoss, merge_topk) at N=8192, V 
 Prints a short table last; writes gpu_check.json under $OUT (or --out) when set.
 
 ``--smoke`` runs the same code paths on the CPU under TRITON_INTERPRET=1 at tiny sizes.
+Imports the installed ``fusekern`` (gpu_check.sh installs it, or puts the checkout on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ import sys
 SMOKE = "--smoke" in sys.argv
 if SMOKE:  # must happen before triton is imported anywhere
     os.environ["TRITON_INTERPRET"] = "1"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -45,9 +43,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import fusekern  # noqa: E402
-from fusekern.ops import reference as R  # noqa: E402
-from fusekern.ops import sparse_kl as SK  # noqa: E402
-from fusekern.ops._backend import launch_config, override_config  # noqa: E402
+from fusekern.ops._backend import launch_config  # noqa: E402
+from fusekern.ops.engine.triton_rows import triton_rows  # noqa: E402
+from fusekern.testing import ops_reference as R  # noqa: E402
+from fusekern.testing.ops_override import override_config  # noqa: E402
 
 S, K = 3, 10
 LM_WEIGHT = 0.9
@@ -225,7 +224,7 @@ def kernel_fn(op: str, x: torch.Tensor, d: Dict[str, Any]) -> Callable[[], Any]:
     use = (ids >= 0).flatten(1).any(1) & keep  # what the op computes on the host
     coef = torch.tensor([0.01, 0.001], device=x.device)
     xd = x.detach()
-    return lambda: SK._triton_rows(xd, ids, lg, ce, use, labels, coef, method, 1.0, True, True)
+    return lambda: triton_rows(xd, ids, lg, ce, use, labels, coef, method, 1.0, True, True)
 
 
 # ----------------------------------------------------------------------------------------------

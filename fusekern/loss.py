@@ -4,9 +4,10 @@
 cross-entropy (labels −100 ignored) and fusion is the merged-teacher KL/CE at positions t whose
 next label ``labels[:, t+1]`` is not −100 (and where some source is present).
 
-Both terms come out of ONE pass over the logits (``_sparse_loss_kernel`` with ``HAS_LABELS``):
-per row the kernel computes a single logsumexp and writes the combined gradient
-``a·(softmax − onehot(label)) + b·(softmax − p)`` with ``a = λ/n_clm`` and ``b = (1−λ)/n_fusion``,
+Both terms come out of ONE pass over the logits (the engine's row pass with labels,
+:mod:`fusekern.ops.engine`): per row it computes a single logsumexp and writes the combined
+gradient ``clm_coef·(softmax − onehot(label)) + distill_coef·(softmax − p)`` with
+``clm_coef = λ/n_clm`` and ``distill_coef = (1−λ)/n_fusion``,
 instead of two losses each reading the logits and each producing an N×V gradient. The logits
 are used as ``[B·T, V]`` rows in place — the shift is applied to the small label/teacher-mask
 tensors, so no shifted copy of the logits is made.
@@ -14,15 +15,12 @@ tensors, so no shifted copy of the logits is made.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import nn
 
 from .ops import _validate as V_
-from .ops.merge_topk import METHODS
-from .ops.sparse_kl import LOSS_TYPES, sparse_loss
+from .ops.engine.function import row_loss
+from .ops.options import LOSS_TYPES, METHODS, check_choice, check_lm_weight, check_temperature
 
 
 class FusionLoss(nn.Module):
@@ -67,11 +65,11 @@ class FusionLoss(nn.Module):
         lam, temp = check_options(self)
         x = V_.check_logits(logits, "logits", 3)
         B, T, V = x.shape
-        nxt, ids, tlg, ce = flatten_batch(x, "logits", labels, teacher_ids, teacher_logits, source_ce)
-        loss, extras = sparse_loss(
+        nxt, ids, t_logits, ce = flatten_batch(x, "logits", labels, teacher_ids, teacher_logits, source_ce)
+        loss, clm, fusion = row_loss(
             x.reshape(B * T, V),
             ids,
-            tlg,
+            t_logits,
             ce,
             method=self.method,
             temperature=temp,
@@ -83,8 +81,7 @@ class FusionLoss(nn.Module):
             backend=self.backend,
             names={**NAMES, "x": "logits"},
         )
-        self.last_clm = extras["clm"]
-        self.last_fusion = extras["distill"]
+        self.last_clm, self.last_fusion = clm, fusion
         return loss
 
 
@@ -92,10 +89,10 @@ def set_options(
     mod: nn.Module, lm_weight: float, method: str, teacher_temperature: float, loss_type: str, backend: str
 ) -> None:
     """Check and set the options FusionLoss and LinearFusionLoss share, and clear their last parts."""
-    mod.lm_weight = _check_lm_weight(lm_weight)
-    mod.method = V_.check_choice(method, METHODS, "method")
-    mod.teacher_temperature = V_.check_temperature(teacher_temperature)
-    mod.loss_type = V_.check_choice(loss_type, LOSS_TYPES, "loss_type")
+    mod.lm_weight = check_lm_weight(lm_weight)
+    mod.method = check_choice(method, METHODS, "method")
+    mod.teacher_temperature = check_temperature(teacher_temperature)
+    mod.loss_type = check_choice(loss_type, LOSS_TYPES, "loss_type")
     mod.backend = backend
     mod.last_clm = None  # detached CLM / fusion means of the last forward
     mod.last_fusion = None
@@ -111,10 +108,10 @@ def options_repr(mod: nn.Module) -> str:
 def check_options(mod: nn.Module) -> tuple:
     """(λ, temperature) of a FusionLoss-like module, re-checked at every call: its options are
     plain attributes a trainer may change."""
-    lam = _check_lm_weight(mod.lm_weight)
-    V_.check_choice(mod.method, METHODS, "method")
-    V_.check_choice(mod.loss_type, LOSS_TYPES, "loss_type")
-    return lam, V_.check_temperature(mod.teacher_temperature)
+    lam = check_lm_weight(mod.lm_weight)
+    check_choice(mod.method, METHODS, "method")
+    check_choice(mod.loss_type, LOSS_TYPES, "loss_type")
+    return lam, check_temperature(mod.teacher_temperature)
 
 
 NAMES = {"ids": "teacher_ids", "logits": "teacher_logits", "ce": "source_ce", "labels": "labels"}
@@ -138,19 +135,10 @@ def flatten_batch(
     V_.check_int(labels, "labels", "-100 = ignored")
     V_.check_shape(labels, [B, T], "labels", what)
     V_.check_device(labels, ref, "labels", ref_name)
-    V_.check_int(teacher_ids, "teacher_ids")
-    if teacher_ids.dim() != 4:
-        raise ValueError(f"teacher_ids must have shape [B, T, S, K], got {list(teacher_ids.shape)}")
-    S = V_.check_sources(teacher_ids)
-    K = teacher_ids.shape[3]
-    V_.check_topk(teacher_ids, teacher_logits, (B, T, S), ref, "teacher_ids", "teacher_logits", ref_name)
-    V_.check_float(source_ce, "source_ce")
-    if source_ce.dim() == 2:
-        V_.check_shape(source_ce, [B, S], "source_ce", " or [B, T, S]")
-        source_ce = source_ce[:, None, :].expand(B, T, S)
-    else:
-        V_.check_shape(source_ce, [B, T, S], "source_ce", " or [B, S]")
-    V_.check_device(source_ce, ref, "source_ce", ref_name)
+    source_ce = V_.check_teacher(
+        teacher_ids, teacher_logits, source_ce, (B, T), ref, ref_name, lead_dims="B, T", ce_per_sequence=True
+    )
+    S, K = teacher_ids.shape[2:]
     nxt = torch.full_like(labels, V_.IGNORE_INDEX)
     nxt[:, :-1] = labels[:, 1:]
     return (
@@ -159,15 +147,6 @@ def flatten_batch(
         teacher_logits.reshape(B * T, S, K),
         source_ce.reshape(B * T, S),
     )
-
-
-def _check_lm_weight(lm_weight: object) -> float:
-    if isinstance(lm_weight, bool) or not isinstance(lm_weight, numbers.Real):
-        raise TypeError(f"lm_weight must be a float in [0, 1], got {type(lm_weight).__name__}")
-    lam = float(lm_weight)
-    if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
-        raise ValueError(f"lm_weight must be in [0, 1], got {lam}")
-    return lam
 
 
 __all__ = ["FusionLoss", "flatten_batch"]

@@ -12,7 +12,7 @@ from interp_cases import INTERP, run_interpreter_cases
 from test_loss_module import make_batch
 
 import fusekern
-from fusekern.ops.reference import fusion_module_ref
+from fusekern.testing.ops_reference import fusion_module_ref
 
 
 def head_batch(B, T, H, V, S, K, *, seed, dtype=torch.float64, bias=True, dup=True):
@@ -201,7 +201,7 @@ else:
 
     def test_interp_streaming_row_pass_in_place():
         """The streaming kernel variant (two reads per row) writing the gradient over its logits."""
-        from fusekern.ops._backend import override_config
+        from fusekern.testing.ops_override import override_config
 
         batch = head_batch(2, 5, 8, 70, 2, 3, seed=11, dtype=torch.float32)
         with override_config(single=False, block_v=32):

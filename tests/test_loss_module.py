@@ -9,7 +9,7 @@ import torch
 from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
-from fusekern.ops.reference import fusion_module_ref
+from fusekern.testing.ops_reference import fusion_module_ref
 
 
 def make_batch(B, T, V, S, K, *, seed, dtype=torch.float64):
@@ -115,14 +115,32 @@ def test_fusion_counts_only_where_next_label_is_kept():
 
 def test_one_pass_over_the_logits(monkeypatch):
     """CLM and fusion come out of a single row pass, not two losses."""
-    from fusekern.ops import sparse_kl
+    from fusekern.ops.engine import function
 
     calls = []
-    real = sparse_kl._torch_rows
-    monkeypatch.setattr(sparse_kl, "_torch_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = function.torch_rows
+    monkeypatch.setattr(function, "torch_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     logits, labels, ids, tlg, ce, _ = make_batch(2, 5, 30, 2, 2, seed=2)
     fusekern.FusionLoss(0.5, backend="torch")(logits.requires_grad_(), labels, ids, tlg, ce).backward()
     assert len(calls) == 1
+
+
+def test_no_gradient_written_when_none_is_wanted(monkeypatch):
+    """Under ``torch.no_grad`` (evaluation) the row pass computes the loss only, even for logits
+    that require grad; with grad mode on it writes the gradient."""
+    from fusekern.ops.engine import function
+
+    wanted = []
+    real = function.torch_rows
+    monkeypatch.setattr(function, "torch_rows", lambda *a, **k: wanted.append(a[7]) or real(*a, **k))
+    logits, labels, ids, tlg, ce, _ = make_batch(2, 5, 30, 2, 2, seed=2)
+    x = logits.requires_grad_()
+    mod = fusekern.FusionLoss(0.5, backend="torch")
+    with torch.no_grad():
+        a = mod(x, labels, ids, tlg, ce)
+    b = mod(x, labels, ids, tlg, ce)
+    assert wanted == [False, True] and not a.requires_grad and b.requires_grad
+    torch.testing.assert_close(a, b.detach())
 
 
 def test_gradcheck():
@@ -174,7 +192,7 @@ if not INTERP:
         run_interpreter_cases(__file__)
 
 else:
-    from fusekern.ops._backend import override_config
+    from fusekern.testing.ops_override import override_config
 
     @pytest.mark.parametrize("cfg", [{}, {"single": False, "block_v": 32}], ids=["single", "stream"])
     @pytest.mark.parametrize("method", ["min_ce", "avg_ce"])

@@ -8,7 +8,7 @@ import torch
 from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
-from fusekern.ops.reference import fusion_loss_ref
+from fusekern.testing.ops_reference import fusion_loss_ref
 
 
 def make_inputs(N, V, S, K, *, seed, dtype=torch.float64):
@@ -150,7 +150,7 @@ if not INTERP:
         run_interpreter_cases(__file__)
 
 else:
-    from fusekern.ops._backend import override_config
+    from fusekern.testing.ops_override import override_config
 
     @pytest.mark.parametrize("method", ["min_ce", "avg_ce"])
     @pytest.mark.parametrize("cfg", [{}, {"single": False, "block_v": 64}], ids=["single", "stream"])

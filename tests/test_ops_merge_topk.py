@@ -11,7 +11,7 @@ import torch
 from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
-from fusekern.ops.reference import merge_topk_ref
+from fusekern.testing.ops_reference import merge_topk_ref
 
 
 def make_teacher(N, S, K, V, *, seed, logit_dtype=torch.float16):

@@ -10,7 +10,7 @@ import torch
 from interp_cases import INTERP, run_interpreter_cases
 
 import fusekern
-from fusekern.ops.reference import sparse_kl_loss_ref
+from fusekern.testing.ops_reference import sparse_kl_loss_ref
 
 
 def make_inputs(N, V, K, *, seed, dtype=torch.float64, scale=3.0):
@@ -72,9 +72,9 @@ def test_torch_path_matches_dense_reference(loss_type, reduction, shape):
 
 def test_small_chunks_cover_every_row(monkeypatch):
     """The row loop must handle chunks that split N unevenly and chunks with no active row."""
-    from fusekern.ops import sparse_kl
+    from fusekern.ops.engine import torch_rows
 
-    monkeypatch.setattr(sparse_kl, "_chunk_rows", lambda V, dev: 2)
+    monkeypatch.setattr(torch_rows, "chunk_rows", lambda V, dev: 2)
     x, ids, lg, mask = make_inputs(7, 50, 4, seed=3)
     ids[3:5] = -1
     _check(x, ids, lg, mask, backend="torch", loss_type="kl", reduction="none", temp=1.3)
@@ -165,7 +165,7 @@ if not INTERP:
         run_interpreter_cases(__file__)
 
 else:
-    from fusekern.ops._backend import override_config
+    from fusekern.testing.ops_override import override_config
 
     @pytest.mark.parametrize("loss_type", ["kl", "ce"])
     @pytest.mark.parametrize("cfg", [{}, {"single": False, "block_v": 32}], ids=["single", "stream"])

@@ -161,3 +161,34 @@ def test_huge_finite_logits_are_not_flagged():
     x[1, 4:8] = -3e38
     loss = _sk(x.requires_grad_(), ids[:, 0], lg[:, 0], reduction="none")
     assert torch.isfinite(loss[0]) and loss.shape == (N,)
+
+
+@pytest.mark.parametrize(
+    "option,value,exc",
+    [
+        ("teacher_temperature", float("inf"), ValueError),
+        ("teacher_temperature", 0.0, ValueError),
+        ("lm_weight", float("nan"), ValueError),
+        ("lm_weight", 1.5, ValueError),
+        ("lm_weight", "0.9", TypeError),
+        ("method", "max_ce", ValueError),
+        ("loss_type", "mse", ValueError),
+    ],
+)
+def test_one_option_contract(option, value, exc, capsys, tmp_path):
+    """FusionLoss, FusionArguments and the demo CLI reject the same option values (one definition
+    in fusekern.ops.options), each naming the option in its own spelling."""
+    from fusekern.cli import main
+    from fusekern.trainer.args import FusionArguments
+
+    with pytest.raises(exc, match=option):
+        fusekern.FusionLoss(**{option: value})
+    args_name = {"method": "fusion_method"}.get(option, option)
+    with pytest.raises(exc, match=args_name):
+        FusionArguments(**{args_name: value})
+    if exc is ValueError and option in ("teacher_temperature", "lm_weight"):  # numbers the demo CLI takes
+        flag = "--" + args_name.replace("_", "-")
+        # nothing runs: the bad value is refused before the demo starts
+        assert main(["demo", "--size", "tiny", "--out", str(tmp_path / "demo"), flag, str(value)]) == 2
+        assert not (tmp_path / "demo").exists()
+        assert flag in capsys.readouterr().err

@@ -18,8 +18,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from fusekern.ops._backend import launch_config, next_pow2  # noqa: E402
-from fusekern.ops.merge_topk import _merge_topk_kernel  # noqa: E402
-from fusekern.ops.sparse_kl import _sparse_loss_kernel  # noqa: E402
+from fusekern.ops.engine.triton_rows import row_loss_kernel  # noqa: E402
+from fusekern.ops.engine.triton_teacher import merge_topk_kernel  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 TT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
@@ -75,19 +75,19 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
     _name, dt, V, method, labels, S, K, want_grad = case
     cfg = launch_config(V, ITEMSIZE[dt])
     types = {
-        "x_ptr": f"*{TT[dt]}",
-        "g_ptr": f"*{TT[dt]}",
+        "logits_ptr": f"*{TT[dt]}",
+        "grad_ptr": f"*{TT[dt]}",
         "ids_ptr": "*i32",
-        "tlg_ptr": "*fp16",
+        "teacher_logits_ptr": "*fp16",
         "ce_ptr": "*fp32",
         "use_ptr": "*i1",
         "label_ptr": "*i32",
         "coef_ptr": "*fp32",
-        "loss_ptr": "*fp32",
-        "lm_ptr": "*fp32",
-        "bad_ptr": "*i32",
-        "x_stride": "i32",
-        "g_stride": "i32",
+        "distill_ptr": "*fp32",
+        "clm_ptr": "*fp32",
+        "nonfinite_ptr": "*i32",
+        "logits_stride": "i32",
+        "grad_stride": "i32",
         "V": "i32",
         "S": "i32",
         "K": "i32",
@@ -98,8 +98,8 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
         KL=True,
         HAS_LABELS=labels,
         WANT_GRAD=want_grad,
-        SB=next_pow2(S),
-        KB=next_pow2(K),
+        BLOCK_S=next_pow2(S),
+        BLOCK_K=next_pow2(K),
         BLOCK_V=cfg["BLOCK_V"],
         SINGLE=cfg["SINGLE"],
     )
@@ -107,8 +107,8 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
         if v == 1:  # Triton's JIT turns an int argument equal to 1 into a constant
             const[n] = 1
             types.pop(n)
-    divisible = [n for n in types if n.endswith("_ptr")] + ["x_stride", "g_stride", "V"]
-    k = _compile(_sparse_loss_kernel, types, const, divisible, arch, cfg["num_warps"])
+    divisible = [n for n in types if n.endswith("_ptr")] + ["logits_stride", "grad_stride", "V"]
+    k = _compile(row_loss_kernel, types, const, divisible, arch, cfg["num_warps"])
     regs, local, ops = _inspect(k, tmp_path)
     print(f"sm_{arch} {case} {cfg}: {regs} registers, {local} B local")
     assert local == 0, f"register spills: LOCAL={local}"
@@ -133,20 +133,20 @@ def test_loss_kernel_compiles_without_spills_and_vectorised(case, arch, tmp_path
 def test_merge_kernel_compiles(arch, S, K, tmp_path):
     types = {
         "ids_ptr": "*i32",
-        "lg_ptr": "*fp16",
+        "logits_ptr": "*fp16",
         "ce_ptr": "*fp32",
         "out_ids_ptr": "*i32",
-        "out_p_ptr": "*fp32",
+        "out_probs_ptr": "*fp32",
         "S": "i32",
         "K": "i32",
         "inv_temp": "fp32",
     }
-    const = dict(METHOD=1, SB=next_pow2(S), KB=next_pow2(K))
+    const = dict(METHOD=1, BLOCK_S=next_pow2(S), BLOCK_K=next_pow2(K))
     for n, v in (("S", S), ("K", K)):
         if v == 1:
             const[n] = 1
             types.pop(n)
-    k = _compile(_merge_topk_kernel, types, const, [n for n in types if n.endswith("_ptr")], arch, 1)
+    k = _compile(merge_topk_kernel, types, const, [n for n in types if n.endswith("_ptr")], arch, 1)
     regs, local, ops = _inspect(k, tmp_path)
     assert local == 0 and not [o for o in ops if o.startswith(("LDL", "STL"))]
     assert any(o.startswith("STG") for o in ops)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fusekern.ops.options import METHODS, check_lm_weight, check_temperature
 from fusekern.pipeline.formats import POSITIONS
 
 
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and recompute everything")
     p.add_argument("--lm-weight", type=float, default=None, help="λ of the fused run (default: the preset's)")
     p.add_argument("--teacher-temperature", type=float, default=None, help="teacher softmax temperature")
-    p.add_argument("--fusion-method", choices=("min_ce", "avg_ce"), default=None)
+    p.add_argument("--fusion-method", choices=METHODS, default=None)
     p.add_argument(
         "--train-steps", type=int, default=None, help="continual-training steps of both target runs"
     )
@@ -63,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
         "positions": args.positions,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "lm_weight" in overrides and not 0.0 <= overrides["lm_weight"] <= 1.0:
-        raise ValueError(f"--lm-weight must be in [0, 1], got {overrides['lm_weight']}")
-    if "teacher_temperature" in overrides and not overrides["teacher_temperature"] > 0:
-        raise ValueError(f"--teacher-temperature must be > 0, got {overrides['teacher_temperature']}")
+    if "lm_weight" in overrides:
+        check_lm_weight(overrides["lm_weight"], "--lm-weight")
+    if "teacher_temperature" in overrides:
+        check_temperature(overrides["teacher_temperature"], "--teacher-temperature")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if "train_steps" in overrides and overrides["train_steps"] < 1:

@@ -6,17 +6,19 @@ set before ``triton`` is first imported (the variable is read when ``@triton.jit
 kernel, so a late ``os.environ`` change has no effect — we check the kernel objects themselves).
 
 Launch configuration (block size over V, warps, single-read vs two-read row pass) comes from
-:func:`launch_config`; tests and ``benchmarks/gpu_check.py`` may pin it with
-:func:`override_config`.
+:func:`launch_config`. Tests and ``benchmarks/gpu_check.py`` pin it with
+``fusekern.testing.ops_override.override_config``, which sets :data:`PINNED_CONFIG` (the library
+itself never pins it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import torch
+
+from .options import BACKENDS
 
 try:  # triton is optional: without it every op runs the PyTorch path
     import triton  # noqa: F401
@@ -25,7 +27,6 @@ try:  # triton is optional: without it every op runs the PyTorch path
 except ImportError:  # pragma: no cover - exercised only where triton is missing
     HAS_TRITON = False
 
-BACKENDS = ("auto", "triton", "torch")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Rows whose padded width fits in this many elements are processed with the whole row held in
@@ -36,7 +37,8 @@ SINGLE_PASS_MAX = 32768
 STREAM_BLOCK_V = {2: 8192, 4: 4096}  # elements per loop step for 2- and 4-byte logits
 STREAM_WARPS = 8
 
-_override = threading.local()
+# per thread: ``PINNED_CONFIG.cfg`` = {"single", "block_v", "num_warps"} (any subset) or unset
+PINNED_CONFIG = threading.local()
 
 
 def kernel_is_interpreted(kernel: Any) -> bool:
@@ -98,7 +100,7 @@ def launch_config(V: int, itemsize: int) -> Dict[str, Any]:
     Returns ``{"BLOCK_V", "SINGLE", "num_warps"}``. ``SINGLE`` rows are loaded once into
     registers; otherwise the kernel streams BLOCK_V-wide blocks twice.
     """
-    cfg = dict(getattr(_override, "cfg", None) or {})
+    cfg = dict(getattr(PINNED_CONFIG, "cfg", None) or {})
     vp = next_pow2(V)
     single = cfg.get("single", vp <= SINGLE_PASS_MAX)
     if single:
@@ -108,23 +110,3 @@ def launch_config(V: int, itemsize: int) -> Dict[str, Any]:
         block = cfg.get("block_v", STREAM_BLOCK_V.get(itemsize, 4096))
         warps = cfg.get("num_warps", STREAM_WARPS)
     return {"BLOCK_V": int(block), "SINGLE": bool(single), "num_warps": int(warps)}
-
-
-@contextlib.contextmanager
-def override_config(
-    *, single: bool | None = None, block_v: int | None = None, num_warps: int | None = None
-) -> Iterator[None]:
-    """Pin the launch configuration (this thread only), e.g. to exercise the streaming loop with
-    tiny blocks under the interpreter or to compare variants on a GPU."""
-    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
-    old = getattr(_override, "cfg", None)
-    new = dict(old or {})
-    for key, val in (("single", single), ("block_v", block_v), ("num_warps", num_warps)):
-        if val is not None:
-            new[key] = val
-    _override.cfg = new
-    try:
-        yield
-    finally:
-        _override.cfg = old

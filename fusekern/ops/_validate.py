@@ -18,7 +18,6 @@ Decisions (documented in the API docstrings too):
 
 from __future__ import annotations
 
-import numbers
 from typing import List, Sequence, Tuple
 
 import torch
@@ -113,19 +112,37 @@ def check_mask(mask: object, n: int, ref: torch.Tensor, name: str = "ignore_mask
     return t
 
 
-def check_temperature(t: object, name: str = "teacher_temperature") -> float:
-    if isinstance(t, bool) or not isinstance(t, numbers.Real):
-        raise TypeError(f"{name} must be a positive float, got {type(t).__name__}")
-    t = float(t)
-    if not (t > 0 and t != float("inf")):
-        raise ValueError(f"{name} must be a finite positive number, got {t}")
-    return t
-
-
-def check_choice(value: object, options: Sequence[str], name: str) -> str:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
-    return value  # type: ignore[return-value]
+def check_teacher(
+    teacher_ids: object,
+    teacher_logits: object,
+    source_ce: object,
+    lead: Sequence[int],
+    ref: torch.Tensor,
+    ref_name: str = "student_logits",
+    *,
+    lead_dims: str = "N",
+    ce_per_sequence: bool = False,
+) -> torch.Tensor:
+    """The multi-source teacher, checked once for every op and loss module: ``teacher_ids`` /
+    ``teacher_logits`` ``[*lead, S, K]`` (S, K >= 1; ``lead_dims`` names the lead dims in
+    messages) and ``source_ce`` ``[*lead, S]``, all on ``ref``'s device. With
+    ``ce_per_sequence`` (lead = [B, T]) ``source_ce`` may also be ``[B, S]``; it is returned
+    expanded to ``[B, T, S]`` (a view)."""
+    ids = check_int(teacher_ids, "teacher_ids")
+    if ids.dim() != len(lead) + 2:
+        raise ValueError(f"teacher_ids must have shape [{lead_dims}, S, K], got {list(ids.shape)}")
+    S = check_sources(ids)
+    check_topk(ids, teacher_logits, (*lead, S), ref, "teacher_ids", "teacher_logits", ref_name)
+    ce = check_float(source_ce, "source_ce")
+    if not ce_per_sequence:
+        check_shape(ce, [*lead, S], "source_ce", f" (matching teacher_ids [{lead_dims}, S, K])")
+    elif ce.dim() == 2:
+        check_shape(ce, [lead[0], S], "source_ce", " or [B, T, S]")
+        ce = ce[:, None, :].expand(*lead, S)
+    else:
+        check_shape(ce, [*lead, S], "source_ce", " or [B, S]")
+    check_device(ce, ref, "source_ce", ref_name)
+    return ce
 
 
 def value_checks(

@@ -1,10 +1,10 @@
-"""Fused fusion loss: merge S source teachers (MinCE / AvgCE) and distil into the student in one
-kernel pass — the merged teacher never leaves registers and the student logits are streamed once.
+"""``fusion_loss``: merge S source teachers (MinCE / AvgCE) and distil into the student in one
+pass — the merged teacher never leaves registers and the student logits are streamed once.
 
-The kernel is ``_sparse_loss_kernel`` of :mod:`fusekern.ops.sparse_kl` specialised with
-``METHOD`` = 1 (min_ce) or 2 (avg_ce) (the merge helpers live in :mod:`fusekern.ops.merge_topk`);
-the PyTorch path merges with :func:`~fusekern.ops.merge_topk.merge_probs_torch` (small, all rows
-at once) and then runs the same chunked row pass as ``sparse_kl_loss``.
+The engine's row kernel (:mod:`fusekern.ops.engine.triton_rows`) specialised with ``METHOD`` =
+1 (min_ce) or 2 (avg_ce); the PyTorch path merges with
+:func:`~fusekern.ops.engine.torch_teacher.merge_probs` (small, all rows at once) and then runs
+the same chunked row pass as ``sparse_kl_loss``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V_
-from .merge_topk import METHODS
+from .options import METHODS, check_choice
 from .sparse_kl import distill_loss
 
 
@@ -47,16 +47,8 @@ def fusion_loss(
             contributes nothing.
     """
     x = V_.check_logits(student_logits, "student_logits", 2)
-    N = x.shape[0]
-    V_.check_int(teacher_ids, "teacher_ids")
-    if teacher_ids.dim() != 3:
-        raise ValueError(f"teacher_ids must have shape [N, S, K], got {list(teacher_ids.shape)}")
-    S = V_.check_sources(teacher_ids)
-    V_.check_topk(teacher_ids, teacher_logits, (N, S), x, "teacher_ids", "teacher_logits")
-    V_.check_float(source_ce, "source_ce")
-    V_.check_shape(source_ce, [N, S], "source_ce", " (matching teacher_ids [N, S, K])")
-    V_.check_device(source_ce, x, "source_ce")
-    V_.check_choice(method, METHODS, "method")
+    V_.check_teacher(teacher_ids, teacher_logits, source_ce, (x.shape[0],), x)
+    check_choice(method, METHODS, "method")
     return distill_loss(
         x,
         teacher_ids,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-FUSION_METHODS = ("min_ce", "avg_ce")
+from fusekern.ops.options import LOSS_TYPES, METHODS, check_choice, check_lm_weight, check_temperature
+
 CE_LEVELS = ("token", "sequence")
-LOSS_TYPES = ("kl", "ce")
 WEIGHT_SCHEDULES = ("constant", "linear_decay")
 FUSED_LINEAR = ("auto", "true", "false")
 
@@ -23,7 +23,7 @@ class FusionArguments:
         default=0.9,
         metadata={"help": "Weight λ of the causal-LM loss; the fusion loss gets 1 − λ (FuseLLM: 0.9)."},
     )
-    fusion_method: Literal["min_ce", "avg_ce"] = field(
+    fusion_method: Literal[METHODS] = field(
         default="min_ce",
         metadata={
             "help": "How the sources' distributions are fused: min_ce (FuseLLM MinCE) or avg_ce (AvgCE)."
@@ -39,7 +39,7 @@ class FusionArguments:
     teacher_temperature: float = field(
         default=1.0, metadata={"help": "Temperature applied to the sources' top-k logits before softmax."}
     )
-    loss_type: Literal["kl", "ce"] = field(
+    loss_type: Literal[LOSS_TYPES] = field(
         default="kl",
         metadata={"help": "Fusion loss: 'kl' (KL(fused ‖ student)) or 'ce' (soft cross-entropy)."},
     )
@@ -73,24 +73,17 @@ class FusionArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.lm_weight, bool) or not isinstance(self.lm_weight, (int, float)):
-            raise TypeError(f"lm_weight must be a float, got {type(self.lm_weight).__name__}")
-        if not 0.0 <= float(self.lm_weight) <= 1.0:
-            raise ValueError(f"lm_weight must be in [0, 1], got {self.lm_weight}")
-        self.lm_weight = float(self.lm_weight)
+        self.lm_weight = check_lm_weight(self.lm_weight)
         if isinstance(self.fused_linear, bool):
             self.fused_linear = "true" if self.fused_linear else "false"
         for name, value, allowed in (
             ("fused_linear", self.fused_linear, FUSED_LINEAR),
-            ("fusion_method", self.fusion_method, FUSION_METHODS),
+            ("fusion_method", self.fusion_method, METHODS),
             ("ce_level", self.ce_level, CE_LEVELS),
             ("loss_type", self.loss_type, LOSS_TYPES),
             ("weight_schedule", self.weight_schedule, WEIGHT_SCHEDULES),
         ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        from fusekern.ops._validate import check_temperature
-
+            check_choice(value, allowed, name)
         self.teacher_temperature = check_temperature(self.teacher_temperature)
         if self.fusion_sources is not None:
             if isinstance(self.fusion_sources, str):
