@@ -1,4 +1,4 @@
-// Python bindings of the aligner (module fusekern._C).
+// Python bindings of the aligner (module fusekern.align._C).
 //
 // Every entry point first copies its Python inputs into C++ containers (or pins them: a
 // tuple snapshot keeps byte strings alive and unmodifiable), then releases the GIL for the

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from align_reference import toy_texts, toy_tokenizer
 
 from fusekern.align import adds_dummy_prefix, token_bytes
+from fusekern.testing.align_reference import toy_texts, toy_tokenizer
 from fusekern.toy.corpus import EXOTIC_TEXT
 
 KINDS = ("byte_bpe", "sp_bpe", "unigram", "wordpiece")

@@ -16,9 +16,9 @@ fragments match exactly when they are the same byte, and never collide with real
      what the target could really emit where the source predicts that token;
   3. **MinED**: else (no target token is a prefix: a target without byte fallback) the target
      token at minimum Levenshtein distance of the surfaces, ties going to the token sharing
-     the most leading characters with the source, then the lowest id
-     (``_C.mined_map(..., prefer_prefix=True)``; :func:`~fusekern.align.mined_map` itself
-     keeps lowest-id ties).
+     the most leading characters with the source, then the lowest id (the native
+     ``mined_map(..., prefer_prefix=True)``; :func:`~fusekern.align.mined_map` itself keeps
+     lowest-id ties).
 
   FuseLLM maps by MinED alone, over raw vocabulary strings (its '▁'/'Ġ' markers included; a
   newline can land on a space, ``<|endoftext|>`` on the word "Context") and breaks ties
@@ -57,6 +57,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fusekern.align import _native
+from fusekern.align._validate import threads_arg
 from fusekern.align.token_bytes import _special_ids, token_bytes
 
 __all__ = [
@@ -323,9 +325,6 @@ def map_vocab(
     ``<0xNN>`` byte-fallback piece, else lowest id). ``distance``/``exact`` are the same
     either way. ``progress(done, total)`` is called after each chunk of MinED searches.
     """
-    from fusekern import _C
-    from fusekern.align._validate import threads_arg
-
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
 
@@ -374,7 +373,7 @@ def map_vocab(
             if t is not None:
                 ids[s] = t
                 prefix[s] = n < len(raw)
-                dist[s] = _C.levenshtein(src_surface[s], tgt_surface[t]) if n < len(raw) else 0
+                dist[s] = _native.levenshtein(src_surface[s], tgt_surface[t]) if n < len(raw) else 0
                 break
         else:
             todo.append(s)
@@ -383,7 +382,7 @@ def map_vocab(
         progress(0, total)
     for start in range(0, total, max(1, chunk)):
         part = todo[start : start + chunk]
-        found, d = _C.mined_map([src_surface[s] for s in part], cand_strings, threads_arg(threads), True)
+        found, d = _native.mined_map([src_surface[s] for s in part], cand_strings, threads_arg(threads), True)
         ids[part] = cand_ids[found]
         dist[part] = d
         if progress is not None:

@@ -65,8 +65,9 @@ def _package_dir() -> str:
 def _code_files(entry: str) -> list:
     root = _package_dir()
     if entry == "_C":
+        native = os.path.join(root, "align")
         return sorted(
-            os.path.join(root, f) for f in os.listdir(root) if f.startswith("_C.") or f.startswith("_C-")
+            os.path.join(native, f) for f in os.listdir(native) if f.startswith("_C.") or f.startswith("_C-")
         )
     path = os.path.join(root, entry)
     if entry.endswith("/"):
