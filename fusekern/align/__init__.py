@@ -6,6 +6,8 @@
 - :func:`dtw` / :func:`dtw_batch`: FuseLLM-compatible DTW with edit-distance costs.
 - :func:`mined_map`: minimum-edit-distance mapping of one vocabulary's strings onto another's.
 - :func:`map_vocab`: tokenizer-level vocabulary mapping (``fusekern vocab-map`` and the pipeline).
+- :func:`fusekern.align.tokenizer.load_tokenizer`: the one tokenizer loader (object, directory,
+  ``tokenizer.json`` or Hub name; a mistyped local path fails at once, naming the argument).
 
 The native calls copy their inputs up front (another Python thread may change the caller's
 lists or arrays meanwhile), release the GIL for the work, and the batch calls spread pairs over
