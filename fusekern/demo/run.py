@@ -35,7 +35,7 @@ from fusekern.demo.train import train_variant
 
 VARIANTS = ("target_before", "clm_baseline", "fused")
 
-# The fusekern sources each stage runs (relative to the package; "_C" = the native extension).
+# The fusekern sources each stage runs (relative to the package; "_C" = the native extension in align/).
 _CODE = {
     "corpus": ("demo/data.py", "toy/corpus.py"),
     "model": ("demo/data.py", "demo/lm.py", "toy/models.py", "toy/tokenizers.py"),
