@@ -7,7 +7,7 @@ missing build fails here with one clear line instead of deep inside another impo
 from __future__ import annotations
 
 try:
-    from fusekern.align import _C
+    import fusekern.align._C as _C
 except ImportError as exc:  # a source checkout whose extension was never built
     raise ImportError(
         f"fusekern.align._C, the aligner's C++ extension, cannot be imported ({exc}); build it with "
