@@ -1,4 +1,4 @@
-"""Build script for the C++ extension (``fusekern._C``); metadata lives in pyproject.toml."""
+"""Build script for the aligner's C++ extension (``fusekern.align._C``); metadata lives in pyproject.toml."""
 
 import sys
 from glob import glob
@@ -13,7 +13,7 @@ _threads = ["-pthread"] if sys.platform != "win32" else []
 
 ext_modules = [
     Pybind11Extension(
-        "fusekern._C",
+        "fusekern.align._C",
         sorted(glob("csrc/*.cpp")),
         include_dirs=["csrc"],
         depends=sorted(glob("csrc/*.h")),  # rebuild when a header changes (packaged by MANIFEST.in)

@@ -1,16 +1,17 @@
-"""Aligner benchmarks (issue 2): DTW, span alignment and MinED vocabulary mapping.
+"""Aligner benchmarks: DTW, span alignment and MinED vocabulary mapping.
 
 Run: ``pytest benchmarks/bench_align.py -s`` (prints a summary table at the end; numbers are
-recorded in benchmarks/RESULTS.md, section "Aligner (issue 2)").
+recorded in benchmarks/RESULTS.md, section "Aligner").
 
 Setup: two 32k tokenizers of different families (byte-level BPE as GPT-NeoX/Llama-3, and
-SentencePiece BPE with byte fallback as Llama-2) trained with ``fusekern.toy`` on the standard
+SentencePiece BPE with byte fallback as Llama-2) trained with ``fusekern.demo.toy`` on the standard
 library's docstrings + 600 source files, cached under ``$FUSEKERN_BENCH_CACHE`` (default: the
 temp dir) so later runs skip the ~40 s of training. Text: stdlib docstrings (not the pydoc
 topics, which lead the prose corpus).
 
-- DTW: FuseLLM's setting on real-looking data: ``tests/align_reference.mixed_text`` (stdlib
-  docstrings and code, multilingual lines with CJK, Cyrillic, Arabic, numbers, URLs, emoji),
+- DTW: FuseLLM's setting on real-looking data: ``mixed_text`` of
+  :mod:`fusekern.testing.align_reference` (stdlib docstrings and code, multilingual lines with
+  CJK, Cyrillic, Arabic, numbers, URLs, emoji),
   the first 512 / 2048 tokens of the real Llama-2 tokenizer (SentencePiece BPE, byte fallback:
   the base/target) and the same text under the real MPT (byte-level BPE) or Qwen2 tokenizer
   (the blending/source model), from ``../shared/tokenizers``. References, timed in the same run:
@@ -26,7 +27,7 @@ topics, which lead the prose corpus).
   ``span_align_ids_batch`` (ids + ``ByteVocab``); reference: the pure-Python two-pointer aligner.
 - mined_map: the two 32k vocabularies' surface strings (specials dropped), against
   ``rapidfuzz.process.cdist`` (Levenshtein, ``workers=-1``, uint8, chunks of 2048 rows) +
-  argmin; same answers checked.
+  argmin (``align_reference.rapidfuzz_mined``); same answers checked.
 
 Peak memory: growth of peak RSS during one call in a fresh interpreter (Linux /proc), so C++
 allocations count and earlier work cannot hide it; measured for representative cases only.
@@ -44,17 +45,7 @@ import editdistance
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from align_reference import (  # noqa: E402
-    MARKERS,
-    fusellm_dist_fn,
-    fusellm_dtw,
-    fusellm_tokens,
-    levenshtein,
-    span_two_pointer,
-)
-
-from fusekern.align import (  # noqa: E402
+from fusekern.align import (
     ByteVocab,
     dtw,
     mined_map,
@@ -63,7 +54,16 @@ from fusekern.align import (  # noqa: E402
     span_align_ids_batch,
     token_bytes,
 )
-from fusekern.align.vocab import surface_strings  # noqa: E402
+from fusekern.align.vocab import surface_strings
+from fusekern.testing.align_reference import (
+    MARKERS,
+    fusellm_dist_fn,
+    fusellm_dtw,
+    fusellm_tokens,
+    levenshtein,
+    rapidfuzz_mined,
+    span_two_pointer,
+)
 
 RESULTS: list = []
 
@@ -100,11 +100,10 @@ def docs() -> tuple:
 
 
 _PEAK_SCRIPT = r"""
-import pickle, sys
-sys.path.insert(0, {tests!r})
+import pickle
 import numpy as np
 from fusekern import align
-from align_reference import fusellm_dtw
+from fusekern.testing.align_reference import fusellm_dtw, rapidfuzz_mined
 import editdistance
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
@@ -132,8 +131,7 @@ def fresh_peak(call: str, args) -> str:
         pickle.dump(args, f)
         path = f.name
     try:
-        tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
-        code = _PEAK_SCRIPT.format(tests=tests, path=path, call=call)
+        code = _PEAK_SCRIPT.format(path=path, call=call)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0 or not proc.stdout.strip():
             return "n/a"
@@ -310,19 +308,6 @@ def vocab_case():
     return src, tgt
 
 
-def rapidfuzz_mined(src, tgt, chunk=2048):
-    from rapidfuzz.distance import Levenshtein
-    from rapidfuzz.process import cdist
-
-    ids = np.empty(len(src), dtype=np.int64)
-    dist = np.empty(len(src), dtype=np.int64)
-    for s in range(0, len(src), chunk):
-        d = cdist(src[s : s + chunk], tgt, scorer=Levenshtein.distance, workers=-1, dtype=np.uint8)
-        ids[s : s + chunk] = d.argmin(axis=1)
-        dist[s : s + chunk] = d.min(axis=1)
-    return ids, dist
-
-
 @cache
 def rapidfuzz_reference():
     src, tgt = vocab_case()
@@ -333,15 +318,7 @@ def rapidfuzz_reference():
         out = rapidfuzz_mined(src, tgt)
 
     t = best_time(run, 1)
-    code = "from bench_align import rapidfuzz_mined; rapidfuzz_mined(args[0], args[1])"
-    return (
-        t,
-        out,
-        fresh_peak(
-            "sys.path.insert(0, " + repr(os.path.dirname(os.path.abspath(__file__))) + "); " + code,
-            (src, tgt),
-        ),
-    )
+    return t, out, fresh_peak("rapidfuzz_mined(args[0], args[1])", (src, tgt))
 
 
 @pytest.mark.parametrize("threads", [None, 1])

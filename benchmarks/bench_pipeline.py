@@ -25,7 +25,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import time
 import tracemalloc
 
@@ -39,9 +38,10 @@ from fusekern.demo.toy import corpus, tokenizers
 from fusekern.pipeline import run_align, run_pack, split_texts
 from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
 from fusekern.pipeline.io import encode, text_hashes
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from align_reference import fusellm_dist_fn, fusellm_dtw  # noqa: E402  (FuseLLM's DTW, shared with the tests)
+from fusekern.testing.align_reference import (  # FuseLLM's DTW, shared with the tests
+    fusellm_dist_fn,
+    fusellm_dtw,
+)
 
 K = 10
 BLOCK = 512

@@ -83,8 +83,7 @@ void dtw_align(const StrSeq& a, const StrSeq& b, int64_t band, DtwPath& out,
 
 // For each source string: index of the nearest target (exact match, else minimum Levenshtein
 // distance, ties -> lowest index) and the distance. threads <= 0: all hardware threads.
-void mined_map(const StrSeq& source, const StrSeq& target, int threads, int64_t* out_ids,
-               int64_t* out_dist);
+void mined_map(const StrSeq& source, const StrSeq& target, int threads, int64_t* out_ids, int64_t* out_dist);
 // The same with prefer_prefix: equal distances go to the target sharing the most leading code
 // points with the source first, then the lowest index.
 void mined_map(const StrSeq& source, const StrSeq& target, int threads, bool prefer_prefix, int64_t* out_ids,

@@ -1,4 +1,4 @@
-// Python bindings of the aligner (module fusekern._C).
+// Python bindings of the aligner (module fusekern.align._C).
 //
 // Every entry point first copies its Python inputs into C++ containers (or pins them: a
 // tuple snapshot keeps byte strings alive and unmodifiable), then releases the GIL for the
@@ -111,10 +111,12 @@ void read_bytes(py::handle obj, const std::string& arg, BytesSeq& out) {
 
 std::string mismatch_message(const fk::SpanOutcome& o, int64_t na, int64_t nb) {
   std::string where = "byte " + std::to_string(o.offset);
-  if (o.a_index >= na) return "a and b are different texts: a ends at " + where + " but b continues (b token " +
-                              std::to_string(o.b_index) + ")";
-  if (o.b_index >= nb) return "a and b are different texts: b ends at " + where + " but a continues (a token " +
-                              std::to_string(o.a_index) + ")";
+  if (o.a_index >= na)
+    return "a and b are different texts: a ends at " + where + " but b continues (b token " +
+           std::to_string(o.b_index) + ")";
+  if (o.b_index >= nb)
+    return "a and b are different texts: b ends at " + where + " but a continues (a token " +
+           std::to_string(o.a_index) + ")";
   return "a and b are different texts: they diverge at " + where + " (a token " + std::to_string(o.a_index) +
          ", b token " + std::to_string(o.b_index) + ")";
 }
@@ -152,7 +154,6 @@ struct GcPause {
 #endif
 };
 
-
 py::list span_align_py(py::handle a, py::handle b) {
   BytesSeq A, B;
   read_bytes(a, "a", A);
@@ -187,7 +188,8 @@ py::list batch_results(std::vector<fk::SpanOutcome>& outs, const std::vector<int
   const int64_t P = static_cast<int64_t>(outs.size());
   if (raise_on_mismatch) {
     for (int64_t k = 0; k < P; ++k) {
-      if (!outs[k].ok) throw py::value_error("pair " + std::to_string(k) + ": " + mismatch_message(outs[k], na[k], nb[k]));
+      if (!outs[k].ok)
+        throw py::value_error("pair " + std::to_string(k) + ": " + mismatch_message(outs[k], na[k], nb[k]));
     }
   }
   py::list result(P);
@@ -248,10 +250,12 @@ py::array_t<int64_t> read_ids(py::handle obj, const std::string& arg, const std:
     PyErr_Clear();
     throw py::type_error(arg + " must be a 1-D array of " + what + ", got " + type_name(obj.ptr()));
   }
-  if (arr.ndim() != 1) throw py::value_error(arg + " must be 1-D, got " + std::to_string(arr.ndim()) + " dimensions");
+  if (arr.ndim() != 1)
+    throw py::value_error(arg + " must be 1-D, got " + std::to_string(arr.ndim()) + " dimensions");
   const char kind = arr.dtype().kind();
   if (kind != 'i' && kind != 'u' && arr.size() > 0) {
-    throw py::type_error(arg + " must hold integer " + what + ", got dtype " + std::string(py::str(arr.dtype())));
+    throw py::type_error(arg + " must hold integer " + what + ", got dtype " +
+                         std::string(py::str(arr.dtype())));
   }
   return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
 }
@@ -317,15 +321,16 @@ py::list span_align_ids_batch_py(py::handle a_ids, py::handle b_ids, const fk::B
           }
         }
         if (!ok) continue;
-        fk::span_align_ids(fk::IdTokens{pa[k], na[k], &a_vocab}, fk::IdTokens{pb[k], nb[k], &b_vocab}, outs[k]);
+        fk::span_align_ids(fk::IdTokens{pa[k], na[k], &a_vocab}, fk::IdTokens{pb[k], nb[k], &b_vocab},
+                           outs[k]);
       }
     });
   }
   for (int64_t k = 0; k < P; ++k) {
     if (bad[k][0] >= 0) {
       const bool side_a = bad[k][0] == 0;
-      throw py::value_error(at(side_a ? "a_ids" : "b_ids", k) + "[" + std::to_string(bad[k][1]) + "] = " +
-                            std::to_string(bad[k][2]) + " is outside the vocabulary (size " +
+      throw py::value_error(at(side_a ? "a_ids" : "b_ids", k) + "[" + std::to_string(bad[k][1]) +
+                            "] = " + std::to_string(bad[k][2]) + " is outside the vocabulary (size " +
                             std::to_string(side_a ? a_vocab.size() : b_vocab.size()) + ")");
     }
   }
@@ -360,7 +365,8 @@ py::object path_to_python(const fk::DtwPath& p, int64_t n, int64_t m, bool with_
 
 void check_dtw_sizes(int64_t n, int64_t m, int64_t band, const std::string& where) {
   if (n == 0 || m == 0) {
-    throw py::value_error(where + (n == 0 ? "a" : "b") + " is empty: dtw needs at least one token on each side");
+    throw py::value_error(where + (n == 0 ? "a" : "b") +
+                          " is empty: dtw needs at least one token on each side");
   }
   if (band < 0 && n > fk::kMaxDtwCells / m) {
     throw py::value_error(where + "full DTW of " + std::to_string(n) + " x " + std::to_string(m) +
@@ -478,18 +484,20 @@ PYBIND11_MODULE(_C, m) {
   m.attr("MAX_DTW_CELLS") = fk::kMaxDtwCells;
   m.attr("MAX_THREADS") = fk::kMaxThreads;
 
-  py::class_<fk::ByteVocab>(m, "ByteVocab", "A vocabulary's token bytes packed once for span_align_ids_batch.")
+  py::class_<fk::ByteVocab>(m, "ByteVocab",
+                            "A vocabulary's token bytes packed once for span_align_ids_batch.")
       .def(py::init(&make_vocab), py::arg("token_bytes"))
       .def("__len__", &fk::ByteVocab::size)
       .def("__repr__", [](const fk::ByteVocab& v) {
-        return "ByteVocab(" + std::to_string(v.size()) + " tokens, " + std::to_string(v.flat.size()) + " bytes)";
+        return "ByteVocab(" + std::to_string(v.size()) + " tokens, " + std::to_string(v.flat.size()) +
+               " bytes)";
       });
 
   m.def("span_align", &span_align_py, py::arg("a"), py::arg("b"));
   m.def("span_align_batch", &span_align_batch_py, py::arg("a_seqs"), py::arg("b_seqs"), py::arg("threads"),
         py::arg("raise_on_mismatch"));
-  m.def("span_align_ids_batch", &span_align_ids_batch_py, py::arg("a_ids"), py::arg("b_ids"), py::arg("a_vocab"),
-        py::arg("b_vocab"), py::arg("threads"), py::arg("raise_on_mismatch"));
+  m.def("span_align_ids_batch", &span_align_ids_batch_py, py::arg("a_ids"), py::arg("b_ids"),
+        py::arg("a_vocab"), py::arg("b_vocab"), py::arg("threads"), py::arg("raise_on_mismatch"));
   m.def("dtw", &dtw_py, py::arg("a"), py::arg("b"), py::arg("band"), py::arg("with_cost"),
         py::arg("a_widths") = py::none(), py::arg("b_widths") = py::none());
   m.def("dtw_batch", &dtw_batch_py, py::arg("a_seqs"), py::arg("b_seqs"), py::arg("band"), py::arg("threads"),

@@ -27,8 +27,6 @@
 namespace fk {
 namespace {
 
-constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
-
 // Maps each string of s to a dense id of its distinct value; returns the representatives.
 std::vector<int64_t> dedupe(const StrSeq& s, std::vector<int32_t>& ids) {
   std::unordered_map<SpanKey, int32_t, SpanKeyHash> seen;
@@ -43,8 +41,6 @@ std::vector<int64_t> dedupe(const StrSeq& s, std::vector<int32_t>& ids) {
   return reps;
 }
 
-// Offset-guided band: for each row i the inclusive column range [lo[i], hi[i]]. Token
-// positions come from the widths (byte lengths, say) or else the code-point lengths.
 // Cumulative token widths: the given widths, or the strings' code-point lengths.
 std::vector<int64_t> cumulative(const StrSeq& s, const std::vector<int64_t>& widths) {
   const int64_t n = s.size();
@@ -53,6 +49,8 @@ std::vector<int64_t> cumulative(const StrSeq& s, const std::vector<int64_t>& wid
   return c;
 }
 
+// Offset-guided band: for each row i the inclusive column range [lo[i], hi[i]]. Token
+// positions come from the widths (byte lengths, say) or else the code-point lengths.
 void band_ranges(const StrSeq& a, const StrSeq& b, const std::vector<int64_t>& wa,
                  const std::vector<int64_t>& wb, int64_t band, std::vector<int64_t>& lo,
                  std::vector<int64_t>& hi) {
@@ -75,8 +73,8 @@ void band_ranges(const StrSeq& a, const StrSeq& b, const std::vector<int64_t>& w
       // boundary belong to the rows on both sides of it
       const int64_t lo_x = static_cast<int64_t>(std::ceil(x0));
       const int64_t hi_x = static_cast<int64_t>(std::floor(x1));
-      while (p_lo < m && cb[p_lo + 1] < lo_x) ++p_lo;       // first j with cb[j+1] >= lo_x
-      while (p_hi < m && cb[p_hi] <= hi_x) ++p_hi;          // first j with cb[j] > hi_x
+      while (p_lo < m && cb[p_lo + 1] < lo_x) ++p_lo;  // first j with cb[j+1] >= lo_x
+      while (p_hi < m && cb[p_hi] <= hi_x) ++p_hi;     // first j with cb[j] > hi_x
       jlo = p_lo;
       jhi = p_hi - 1;
     } else {  // no characters to guide us: follow the index diagonal
@@ -241,7 +239,8 @@ inline CharSig char_signature(const uint32_t* p, int64_t n) {
 // Distances from one distinct a-string to every distinct b-string (one row of the table).
 class DistinctRows {
  public:
-  DistinctRows(const StrSeq& a, const std::vector<int64_t>& ra, const StrSeq& b, const std::vector<int64_t>& rb)
+  DistinctRows(const StrSeq& a, const std::vector<int64_t>& ra, const StrSeq& b,
+               const std::vector<int64_t>& rb)
       : a_(a), ra_(ra), b_(b), rb_(rb) {
     const int64_t nb = static_cast<int64_t>(rb.size());
     sig_b_.resize(nb);
@@ -405,14 +404,14 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
   };
   // One cell: the first minimum in the order diagonal, up, left (FuseLLM's backtrace argmin)
   // plus the cell's cost c; d gets the direction, left the new stored value (4 * cost).
-#define FK_DTW_CELL(diag, up, left, c, d)       \
-  {                                             \
-    const V dk = (diag), uk = (up) | V{1};      \
-    const V du = uk < dk ? uk : dk;             \
-    const V lk = (left) | V{2};                 \
-    const V best = lk < du ? lk : du;           \
-    (d) = static_cast<uint8_t>(best & V{3});    \
-    (left) = (best & ~V{3}) + ((c) << 2);       \
+#define FK_DTW_CELL(diag, up, left, c, d)    \
+  {                                          \
+    const V dk = (diag), uk = (up) | V{1};   \
+    const V du = uk < dk ? uk : dk;          \
+    const V lk = (left) | V{2};              \
+    const V best = lk < du ? lk : du;        \
+    (d) = static_cast<uint8_t>(best & V{3}); \
+    (left) = (best & ~V{3}) + ((c) << 2);    \
   }
   int64_t i = 0;
   // Two rows per sweep, the second one column behind: two independent dependency chains
@@ -462,8 +461,8 @@ void full_dp(const StrSeq& a, const StrSeq& b, DtwPath& out) {
 
 }  // namespace
 
-void dtw_align(const StrSeq& a, const StrSeq& b, int64_t band, DtwPath& out, const std::vector<int64_t>& a_widths,
-               const std::vector<int64_t>& b_widths) {
+void dtw_align(const StrSeq& a, const StrSeq& b, int64_t band, DtwPath& out,
+               const std::vector<int64_t>& a_widths, const std::vector<int64_t>& b_widths) {
   const int64_t n = a.size(), m = b.size();
   if (n == 0 || m == 0) throw std::invalid_argument("dtw needs at least one token on each side");
   if (band < 0) {

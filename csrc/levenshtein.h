@@ -16,6 +16,10 @@
 
 namespace fk {
 
+// "Unbounded": above any edit distance or DTW cost, with headroom so that adding costs to it
+// cannot overflow. The default cutoff of the distance functions and the DP's infinity.
+constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
+
 // Mask table for a fixed pattern: direct slots for code points < 256 plus a small
 // open-addressing table for the rest. Reused across patterns: set() then clear().
 class PatternMasks {
@@ -66,7 +70,6 @@ class PatternMasks {
     len_ = 0;
   }
 
-  int64_t length() const { return len_; }
   int blocks() const { return blocks_; }
 
   // Single-word mask of code point c (pattern length <= 64).
@@ -156,13 +159,11 @@ class PatternMasks {
   const uint32_t* pat_ = nullptr;
 };
 
-constexpr int64_t kNoCutoff = std::numeric_limits<int64_t>::max() / 4;
-
 // Distance between a pattern of length 1..64 (masks in pm) and text t[0..n). With a cutoff,
 // returns some value > cutoff as soon as the distance is known to exceed it (the score after
 // k text characters can drop by at most one per remaining character).
 inline int64_t myers_word(const PatternMasks& pm, int64_t m, const uint32_t* t, int64_t n,
-                          int64_t cutoff = kNoCutoff) {
+                          int64_t cutoff = kInf) {
   uint64_t vp = ~uint64_t{0}, vn = 0;
   const uint64_t high = uint64_t{1} << (m - 1);
   int64_t score = m;
@@ -291,10 +292,6 @@ inline int64_t levenshtein(const uint32_t* a, int64_t la, const uint32_t* b, int
   return d;
 }
 
-}  // namespace fk
-
-namespace fk {
-
 // One fixed string compared against many others (a DTW row, a MinED source). Picks the
 // fastest exact method for the pattern's length once, in load().
 class FixedPattern {
@@ -309,9 +306,8 @@ class FixedPattern {
     if (masks_) s_.pm.clear();
     masks_ = false;
   }
-  int64_t length() const { return m_; }
 
-  int64_t distance(const uint32_t* t, int64_t n, int64_t cutoff = kNoCutoff) {
+  int64_t distance(const uint32_t* t, int64_t n, int64_t cutoff = kInf) {
     if (m_ == 0) return n;
     if (n == 0) return m_;
     if (m_ <= 64) return myers_word(s_.pm, m_, t, n, cutoff);

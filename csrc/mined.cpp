@@ -3,20 +3,20 @@
 //
 // Exact matches are a hash lookup. The rest is a branch-and-bound search per source, seeded
 // with the distances to the source's neighbours in the lexicographic order of the targets
-// (forward and reversed strings: shared prefixes and suffixes). Targets are bucketed by length (ascending index inside a bucket) and visited in order of
-// length difference |la - lt| (a lower bound on the distance), so the search stops as soon
-// as the difference exceeds the best distance so far. Inside a bucket a 64-bit character
-// signature gives a second lower bound: a character of one string that the other lacks
-// needs at least one edit, and one substitution fixes at most one such character per side,
-// so d >= max(|sig_a & ~sig_t|, |sig_t & ~sig_a|) (hash collisions only weaken the bound);
-// a 32-bucket character histogram gives a third, stronger one for long strings (Hist below).
-// Only candidates that survive the bounds get a bit-parallel distance, which stops as soon
-// as it provably exceeds the best distance so far; candidates are tried in order of their
-// lower bound, so the search stops right after the bound passes the best distance found.
+// (forward and reversed strings: shared prefixes and suffixes). Targets are bucketed by length
+// (ascending index inside a bucket) and visited in order of length difference |la - lt| (a
+// lower bound on the distance), so the search stops as soon as the difference exceeds the best
+// distance so far. Inside a bucket a 64-bit character signature gives a second lower bound: a
+// character of one string that the other lacks needs at least one edit, and one substitution
+// fixes at most one such character per side, so d >= max(|sig_a & ~sig_t|, |sig_t & ~sig_a|)
+// (hash collisions only weaken the bound); a 32-bucket character histogram gives a third,
+// stronger one for long strings (Hist below). Only candidates that survive the bounds get a
+// bit-parallel distance, which stops as soon as it provably exceeds the best distance so far;
+// candidates are tried in order of their lower bound, so the search stops right after the
+// bound passes the best distance found.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -26,13 +26,12 @@
 
 #include "align.h"
 #include "levenshtein.h"
-#include "str_key.h"
 #include "parallel.h"
+#include "portable.h"
+#include "str_key.h"
 
 namespace fk {
 namespace {
-
-constexpr int64_t kInf = std::numeric_limits<int64_t>::max() / 4;
 
 inline uint64_t signature(const uint32_t* p, int64_t n) {
   uint64_t s = 0;
@@ -63,8 +62,10 @@ inline int64_t hist_bound(const Hist& a, const Hist& t) {
   const __m128i t0 = _mm_load_si128(reinterpret_cast<const __m128i*>(t.c));
   const __m128i t1 = _mm_load_si128(reinterpret_cast<const __m128i*>(t.c + 16));
   const __m128i z = _mm_setzero_si128();
-  const __m128i sa = _mm_add_epi64(_mm_sad_epu8(_mm_subs_epu8(a0, t0), z), _mm_sad_epu8(_mm_subs_epu8(a1, t1), z));
-  const __m128i st = _mm_add_epi64(_mm_sad_epu8(_mm_subs_epu8(t0, a0), z), _mm_sad_epu8(_mm_subs_epu8(t1, a1), z));
+  const __m128i sa =
+      _mm_add_epi64(_mm_sad_epu8(_mm_subs_epu8(a0, t0), z), _mm_sad_epu8(_mm_subs_epu8(a1, t1), z));
+  const __m128i st =
+      _mm_add_epi64(_mm_sad_epu8(_mm_subs_epu8(t0, a0), z), _mm_sad_epu8(_mm_subs_epu8(t1, a1), z));
   const int64_t ea = _mm_cvtsi128_si32(sa) + _mm_cvtsi128_si32(_mm_srli_si128(sa, 8));
   const int64_t et = _mm_cvtsi128_si32(st) + _mm_cvtsi128_si32(_mm_srli_si128(st, 8));
   return std::max(ea, et);
@@ -162,9 +163,8 @@ struct Cand {
 // leading code points first, so only bounds strictly above the best distance prune). Force-
 // inlined so that the popcount below compiles to the instruction in the popcnt-targeted caller.
 template <bool P>
-__attribute__((always_inline)) inline void search_one(const Search& S, FixedPattern& fp, std::vector<Cand>& cand,
-                                                      const uint32_t* a, int64_t la, int64_t& best_d,
-                                                      int64_t& best_j) {
+FK_ALWAYS_INLINE void search_one(const Search& S, FixedPattern& fp, std::vector<Cand>& cand,
+                                 const uint32_t* a, int64_t la, int64_t& best_d, int64_t& best_j) {
   const StrSeq& target = *S.target;
   const Buckets& bk = *S.bk;
   const uint64_t sa = signature(a, la);
@@ -186,10 +186,9 @@ __attribute__((always_inline)) inline void search_one(const Search& S, FixedPatt
       for (int64_t k = bk.start[L], e = bk.start[L + 1]; k < e; ++k) {
         const int64_t t = bk.idx[k];
         if (!P && best == floor && t > bestj) break;  // nothing later in this bucket can win
-        if (t == bestj) continue;                      // already known
+        if (t == bestj) continue;                     // already known
         const uint64_t st = bk.sig[k];
-        int64_t lb = std::max<int64_t>(
-            delta, std::max(__builtin_popcountll(sa & ~st), __builtin_popcountll(st & ~sa)));
+        int64_t lb = std::max<int64_t>(delta, std::max(popcount64(sa & ~st), popcount64(st & ~sa)));
         if (lb > best || (!P && lb == best && t > bestj)) continue;
         lb = std::max(lb, hist_bound(ha, bk.hist[k]));
         if (lb > best || (!P && lb == best && t > bestj)) continue;
@@ -224,8 +223,8 @@ struct Job {
 };
 
 template <bool P>
-__attribute__((always_inline)) inline void run_range(const Job& J, FixedPattern& fp, std::vector<Cand>& cand,
-                                                     int64_t begin, int64_t end) {
+FK_ALWAYS_INLINE void run_range(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, int64_t begin,
+                                int64_t end) {
   const StrSeq& src = *J.source;
   for (int64_t s = begin; s < end; ++s) {
     const auto it = J.exact->find(SpanKey{src.data(s), src.len(s)});
@@ -243,20 +242,12 @@ void run_range_generic(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, 
   run_range<P>(J, fp, cand, begin, end);
 }
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+// The same compiled for popcnt, chosen at run time where the CPU has it (cpu_has_popcnt()).
 template <bool P>
-__attribute__((target("popcnt"))) void run_range_popcnt(const Job& J, FixedPattern& fp, std::vector<Cand>& cand,
-                                                        int64_t begin, int64_t end) {
+FK_TARGET_POPCNT void run_range_popcnt(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, int64_t begin,
+                                       int64_t end) {
   run_range<P>(J, fp, cand, begin, end);
 }
-bool cpu_has_popcnt() { return __builtin_cpu_supports("popcnt"); }
-#else
-template <bool P>
-void run_range_popcnt(const Job& J, FixedPattern& fp, std::vector<Cand>& cand, int64_t begin, int64_t end) {
-  run_range<P>(J, fp, cand, begin, end);
-}
-bool cpu_has_popcnt() { return false; }
-#endif
 
 }  // namespace
 
@@ -272,7 +263,8 @@ void mined_map(const StrSeq& source, const StrSeq& target, int threads, bool pre
 
   std::unordered_map<SpanKey, int64_t, SpanKeyHash> exact;
   exact.reserve(static_cast<size_t>(nt) * 2);
-  for (int64_t t = 0; t < nt; ++t) exact.emplace(SpanKey{target.data(t), target.len(t)}, t);  // keeps the lowest
+  // emplace keeps the first, so equal strings map to the lowest index
+  for (int64_t t = 0; t < nt; ++t) exact.emplace(SpanKey{target.data(t), target.len(t)}, t);
 
   Buckets bk;
   for (int64_t t = 0; t < nt; ++t) bk.max_len = std::max(bk.max_len, target.len(t));

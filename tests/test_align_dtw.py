@@ -7,11 +7,18 @@ import random
 import editdistance
 import numpy as np
 import pytest
-from align_reference import MARKERS, fusellm_dist_fn, fusellm_dtw, fusellm_tokens, toy_texts, toy_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusekern.align import MAX_TOKEN_CHARS, dtw, dtw_batch, token_bytes
+from fusekern.testing.align_reference import (
+    MARKERS,
+    fusellm_dist_fn,
+    fusellm_dtw,
+    fusellm_tokens,
+    toy_texts,
+    toy_tokenizer,
+)
 
 # Short strings over a tiny alphabet: many equal costs, so the tie order is exercised.
 tie_tokens = st.lists(st.text(alphabet="ab", max_size=3), min_size=1, max_size=9)

@@ -6,15 +6,14 @@ import random
 
 import numpy as np
 import pytest
-from align_reference import brute_mined, common_prefix, levenshtein, toy_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein as RFLev
 from rapidfuzz.process import cdist
 
-from fusekern import _C
-from fusekern.align import MAX_TOKEN_CHARS, mined_map
+from fusekern.align import _C, MAX_TOKEN_CHARS, mined_map
 from fusekern.align.vocab import surface_strings
+from fusekern.testing.align_reference import brute_mined, common_prefix, levenshtein, toy_tokenizer
 
 ALPHABET = "abé日👍\udce6 "  # Latin-1, BMP, astral, a lone surrogate (a raw byte), space
 

@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 import pytest
-from align_reference import span_reference, span_two_pointer, toy_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from fusekern.align import (
     span_align_ids_batch,
     token_bytes,
 )
+from fusekern.testing.align_reference import span_reference, span_two_pointer, toy_tokenizer
 
 # ---------------------------------------------------------------- helpers
 
@@ -130,9 +130,8 @@ def _bytes_of(kind: str, text: str) -> list:
 
 
 def test_real_tokenizers():
-    from align_reference import toy_texts
-
     from fusekern.demo.toy.corpus import EXOTIC_TEXT
+    from fusekern.testing.align_reference import toy_texts
 
     texts = [EXOTIC_TEXT, *toy_texts()[:5]]
     for text in texts:

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from align_reference import reference_vocab_rule, toy_tokenizer
 from rapidfuzz.distance import Levenshtein as RFLev
 
 from fusekern.align import VocabMap, map_vocab, token_bytes
 from fusekern.align.vocab import surface_strings
 from fusekern.cli import main
+from fusekern.testing.align_reference import reference_vocab_rule, toy_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from align_reference import toy_tokenizer
 from pipeline_helpers import TARGET
 
 from fusekern.align import map_vocab
@@ -20,6 +19,7 @@ from fusekern.pipeline import load_extract, load_packed, run_align, run_extract,
 from fusekern.pipeline.extract import shard_name
 from fusekern.pipeline.io import vocab_fingerprint
 from fusekern.pipeline.vocab import load_vocab_map, run_vocab_map
+from fusekern.testing.align_reference import toy_tokenizer
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
 

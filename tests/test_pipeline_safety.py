@@ -176,7 +176,7 @@ def test_extract_meta_is_created_atomically(tmp_path, monkeypatch):
 
 
 def test_vocab_map_output_file_rules(tmp_path, capsys):
-    from align_reference import toy_tokenizer
+    from fusekern.testing.align_reference import toy_tokenizer
 
     src, tgt = str(tmp_path / "src"), str(tmp_path / "tgt")
     toy_tokenizer("byte_bpe").save_pretrained(src)

@@ -8,11 +8,11 @@ import os
 
 import numpy as np
 import pytest
-from align_reference import toy_tokenizer
 
 from fusekern.align import span_align, span_align_ids_batch, token_bytes
 from fusekern.pipeline.align import _Side, boundary_positions, strip_dummy_prefix
 from fusekern.pipeline.io import encode
+from fusekern.testing.align_reference import toy_tokenizer
 
 TOKS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tokenizers")
 

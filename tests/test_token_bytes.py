@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from align_reference import toy_texts, toy_tokenizer
 
 from fusekern.align import adds_dummy_prefix, token_bytes
 from fusekern.demo.toy.corpus import EXOTIC_TEXT
+from fusekern.testing.align_reference import toy_texts, toy_tokenizer
 
 KINDS = ("byte_bpe", "sp_bpe", "unigram", "wordpiece")
 EDGE_TEXTS = [

@@ -1,4 +1,4 @@
-"""Token alignment across tokenizers and vocabulary mapping (native core in ``fusekern._C``).
+"""Token alignment across tokenizers and vocabulary mapping (native core in ``fusekern.align._C``).
 
 - :func:`token_bytes`: the bytes each vocabulary id contributes to decoded text.
 - :func:`span_align` / :func:`span_align_batch` / :func:`span_align_ids_batch`: exact
@@ -6,6 +6,8 @@
 - :func:`dtw` / :func:`dtw_batch`: FuseLLM-compatible DTW with edit-distance costs.
 - :func:`mined_map`: minimum-edit-distance mapping of one vocabulary's strings onto another's.
 - :func:`map_vocab`: tokenizer-level vocabulary mapping (``fusekern vocab-map`` and the pipeline).
+- :func:`fusekern.align.tokenizer.load_tokenizer`: the one tokenizer loader (object, directory,
+  ``tokenizer.json`` or Hub name; a mistyped local path fails at once, naming the argument).
 
 The native calls copy their inputs up front (another Python thread may change the caller's
 lists or arrays meanwhile), release the GIL for the work, and the batch calls spread pairs over
@@ -19,14 +21,14 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from fusekern import _C
+from fusekern.align import _native
 from fusekern.align._validate import band_arg, on_mismatch_arg, threads_arg
 from fusekern.align.token_bytes import adds_dummy_prefix, token_bytes
 from fusekern.align.vocab import VocabMap, map_vocab
 
-ByteVocab = _C.ByteVocab
-MAX_TOKEN_CHARS: int = _C.MAX_TOKEN_CHARS
-MAX_THREADS: int = _C.MAX_THREADS
+ByteVocab = _native.ByteVocab
+MAX_TOKEN_CHARS: int = _native.MAX_TOKEN_CHARS
+MAX_THREADS: int = _native.MAX_THREADS
 
 __all__ = [
     "ByteVocab",
@@ -58,7 +60,7 @@ def span_align(a: Sequence[bytes], b: Sequence[bytes]) -> list[tuple[int, int, i
     Raises ``ValueError`` naming the byte offset (and tokens) where the two texts diverge,
     ``TypeError`` if an entry is not ``bytes``.
     """
-    return _C.span_align(a, b)
+    return _native.span_align(a, b)
 
 
 def span_align_batch(
@@ -73,7 +75,7 @@ def span_align_batch(
     With ``on_mismatch="none"`` a pair whose bytes differ gives ``None``; with ``"raise"``
     the first such pair raises ``ValueError``.
     """
-    return _C.span_align_batch(a_seqs, b_seqs, threads_arg(threads), on_mismatch_arg(on_mismatch))
+    return _native.span_align_batch(a_seqs, b_seqs, threads_arg(threads), on_mismatch_arg(on_mismatch))
 
 
 def _as_byte_vocab(vocab: Union[ByteVocab, Sequence[bytes]], name: str) -> ByteVocab:
@@ -102,7 +104,9 @@ def span_align_ids_batch(
     """
     av = _as_byte_vocab(a_vocab, "a_vocab")
     bv = _as_byte_vocab(b_vocab, "b_vocab")
-    return _C.span_align_ids_batch(a_ids, b_ids, av, bv, threads_arg(threads), on_mismatch_arg(on_mismatch))
+    return _native.span_align_ids_batch(
+        a_ids, b_ids, av, bv, threads_arg(threads), on_mismatch_arg(on_mismatch)
+    )
 
 
 def dtw(
@@ -123,7 +127,7 @@ def dtw(
 
     ``band=None`` is the full O(n·m) DTW and gives exactly the mappings of FuseLLM's
     ``dtw()`` (backtrace tie order: diagonal, then a−1, then b−1). It needs one backtrace
-    byte per cell: ``n·m`` above ``_C.MAX_DTW_CELLS`` (2³⁰) raises ``ValueError``.
+    byte per cell: ``n·m`` above ``fusekern.align._C.MAX_DTW_CELLS`` (2³⁰) raises ``ValueError``.
 
     ``band=k`` searches an offset-guided band instead, O((n + m)·k) cells: row i keeps the b
     tokens whose span meets a_i's span (positions from ``a_widths``/``b_widths`` — pass the
@@ -143,7 +147,7 @@ def dtw(
     Llama-2 vs Qwen2 up to 32 (with code-point widths: 64); on English prose a few tokens do.
     The band's cells count against the same limit as the full DTW (``ValueError`` beyond it).
     """
-    return _C.dtw(a, b, band_arg(band), bool(return_cost), a_widths, b_widths)
+    return _native.dtw(a, b, band_arg(band), bool(return_cost), a_widths, b_widths)
 
 
 def dtw_batch(
@@ -158,7 +162,7 @@ def dtw_batch(
 ) -> list[tuple]:
     """:func:`dtw` over many pairs, spread over ``threads`` worker threads (``a_widths`` /
     ``b_widths``: one width sequence per pair, or None)."""
-    return _C.dtw_batch(
+    return _native.dtw_batch(
         a_seqs, b_seqs, band_arg(band), threads_arg(threads), bool(return_cost), a_widths, b_widths
     )
 
@@ -176,5 +180,5 @@ def mined_map(
     deterministic and equals brute force. Returns int64 ``ids`` (and, with
     ``return_distance=True``, the int64 distances too).
     """
-    ids, dist = _C.mined_map(source, target, threads_arg(threads))
+    ids, dist = _native.mined_map(source, target, threads_arg(threads))
     return (ids, dist) if return_distance else ids

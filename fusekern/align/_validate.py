@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from fusekern._C import MAX_THREADS  # fk::kMaxThreads (csrc/parallel.h); the C++ side checks it too
+from fusekern.align._native import MAX_THREADS  # the C++ side checks it too
 
 
 def threads_arg(threads: int | None) -> int:

@@ -16,9 +16,9 @@ fragments match exactly when they are the same byte, and never collide with real
      what the target could really emit where the source predicts that token;
   3. **MinED**: else (no target token is a prefix: a target without byte fallback) the target
      token at minimum Levenshtein distance of the surfaces, ties going to the token sharing
-     the most leading characters with the source, then the lowest id
-     (``_C.mined_map(..., prefer_prefix=True)``; :func:`~fusekern.align.mined_map` itself
-     keeps lowest-id ties).
+     the most leading characters with the source, then the lowest id (the native
+     ``mined_map(..., prefer_prefix=True)``; :func:`~fusekern.align.mined_map` itself keeps
+     lowest-id ties).
 
   FuseLLM maps by MinED alone, over raw vocabulary strings (its '▁'/'Ġ' markers included; a
   newline can land on a space, ``<|endoftext|>`` on the word "Context") and breaks ties
@@ -50,19 +50,19 @@ distance of the two surfaces (0 = exact), whichever rule chose the target.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from fusekern.align import _native
+from fusekern.align._validate import threads_arg
 from fusekern.align.token_bytes import _special_ids, token_bytes
 
 __all__ = [
     "VocabMap",
     "canonical_target_ids",
-    "load_tokenizer",
     "map_vocab",
     "refine_vocab_map",
     "surface_strings",
@@ -323,9 +323,6 @@ def map_vocab(
     ``<0xNN>`` byte-fallback piece, else lowest id). ``distance``/``exact`` are the same
     either way. ``progress(done, total)`` is called after each chunk of MinED searches.
     """
-    from fusekern import _C
-    from fusekern.align._validate import threads_arg
-
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
 
@@ -374,7 +371,7 @@ def map_vocab(
             if t is not None:
                 ids[s] = t
                 prefix[s] = n < len(raw)
-                dist[s] = _C.levenshtein(src_surface[s], tgt_surface[t]) if n < len(raw) else 0
+                dist[s] = _native.levenshtein(src_surface[s], tgt_surface[t]) if n < len(raw) else 0
                 break
         else:
             todo.append(s)
@@ -383,7 +380,7 @@ def map_vocab(
         progress(0, total)
     for start in range(0, total, max(1, chunk)):
         part = todo[start : start + chunk]
-        found, d = _C.mined_map([src_surface[s] for s in part], cand_strings, threads_arg(threads), True)
+        found, d = _native.mined_map([src_surface[s] for s in part], cand_strings, threads_arg(threads), True)
         ids[part] = cand_ids[found]
         dist[part] = d
         if progress is not None:
@@ -391,73 +388,3 @@ def map_vocab(
     exact = dist == 0
     vmap = VocabMap(ids=ids, distance=dist, exact=exact, special=special, target_size=nt, prefix=prefix)
     return refine_vocab_map(vmap, source_tokenizer, target_tokenizer) if refine else vmap
-
-
-def load_tokenizer(tokenizer: Any, name: str = "tokenizer", *, trust_remote_code: bool = False) -> Any:
-    """A tokenizer object (returned as is), a local directory or ``tokenizer.json``, or a Hub
-    name where one is reachable. A path that cannot be loaded raises ``FileNotFoundError``
-    naming ``name`` and the path; another type raises ``TypeError``."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-    if isinstance(tokenizer, PreTrainedTokenizerBase):
-        return tokenizer
-    if not isinstance(tokenizer, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path, a Hub name or a tokenizer, got {type(tokenizer).__name__}")
-    path = os.fspath(tokenizer)
-    if os.path.isfile(path) and path.endswith(".json"):
-        return _tokenizer_from_json(path, name, trust_remote_code)
-    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path)
-    if looks_local and not os.path.isdir(os.path.expanduser(path)):
-        raise FileNotFoundError(f"{name}: no tokenizer directory at {path!r}")
-    try:
-        return AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:  # OSError, ValueError, or the Rust parser's error on a damaged file
-        raise FileNotFoundError(f"{name}: cannot load a tokenizer from {path!r}: {exc}") from None
-
-
-# Special-token roles of a bare tokenizer.json (no tokenizer_config.json to name them): the
-# usual spellings, first match wins. Without them e.g. MPT's <|endoftext|> would have no eos role.
-_ROLE_SPELLINGS = {
-    "eos_token": ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>"),
-    "bos_token": ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"),
-    "unk_token": ("<unk>", "[UNK]", "<|unk|>"),
-    "pad_token": ("<pad>", "<|padding|>", "[PAD]", "<|pad|>"),
-    "sep_token": ("[SEP]",),
-    "cls_token": ("[CLS]",),
-    "mask_token": ("[MASK]", "<mask>"),
-}
-
-
-def _tokenizer_from_json(path: str, name: str, trust_remote_code: bool) -> Any:
-    """A ``tokenizer.json`` file with its special-token roles: from a ``tokenizer_config.json``
-    beside it when there is one (read directly: its ``tokenizer_class`` may need another
-    transformers release), else from the file's special added tokens by their usual spellings
-    (``_ROLE_SPELLINGS``)."""
-    from transformers import PreTrainedTokenizerFast
-
-    try:
-        tok = PreTrainedTokenizerFast(tokenizer_file=path)
-        with open(path, encoding="utf-8") as f:
-            added = json.load(f).get("added_tokens") or []
-    except Exception as exc:  # the Rust parser raises a bare Exception on a non-tokenizer file
-        raise ValueError(f"{name}: {path!r} is not a tokenizers tokenizer.json file ({exc})") from None
-    specials = {a.get("content") for a in added if isinstance(a, dict) and a.get("special")}
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer_config.json")
-    config: dict = {}
-    if os.path.basename(path) == "tokenizer.json" and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    roles = {}
-    for role, spellings in _ROLE_SPELLINGS.items():
-        value = config.get(role)
-        value = value.get("content") if isinstance(value, dict) else value
-        if config:  # the config names the roles; a role it leaves out has no token
-            if isinstance(value, str) and value in tok.get_vocab():
-                roles[role] = value
-            continue
-        found = next((s for s in spellings if s in specials), None)
-        if found is not None:
-            roles[role] = found
-    if roles:
-        tok.add_special_tokens(roles)  # tokens already in the vocabulary: only the roles change
-    return tok

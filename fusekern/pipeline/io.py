@@ -19,6 +19,7 @@ from typing import Any, Sequence, Union
 import datasets
 import numpy as np
 
+from fusekern.align.tokenizer import load_tokenizer  # noqa: F401  (the one loader, re-exported for the stages)
 from fusekern.pipeline.paths import OutputDir, check_name_or_path, replace_output_dir
 
 DataLike = Union[str, os.PathLike, datasets.Dataset, datasets.DatasetDict, Sequence[str]]
@@ -114,22 +115,6 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- models
-
-
-def load_tokenizer(tokenizer: Any, *, name: str = "tokenizer", trust_remote_code: bool = False):
-    """A Hugging Face tokenizer from an object, a local directory, a ``tokenizer.json`` or a Hub
-    name (:func:`fusekern.align.vocab.load_tokenizer`); ``name`` is the argument named in errors."""
-    from fusekern.align.vocab import load_tokenizer as _load
-
-    check_name_or_path(tokenizer, name)
-    tok = _load(tokenizer, name, trust_remote_code=trust_remote_code)
-    if isinstance(tokenizer, (str, os.PathLike)) and len(tok.get_vocab()) <= len(set(tok.all_special_ids)):
-        # transformers builds an empty tokenizer from a model directory without tokenizer files
-        raise FileNotFoundError(
-            f"{name}: {os.fspath(tokenizer)!r} holds no tokenizer vocabulary (only special tokens); "
-            "save the tokenizer there or pass the tokenizer's directory"
-        )
-    return tok
 
 
 def load_causal_lm(

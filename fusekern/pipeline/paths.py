@@ -1,11 +1,10 @@
 """Path rules shared by every stage and every CLI option (each rule is defined here only).
 
-Inputs. A model/tokenizer/dataset argument is a local path or a Hub name. A value that *looks
+Inputs. A model/tokenizer/dataset argument is a local path or a Hub name; a value that *looks
 local* and does not exist is an immediate ``FileNotFoundError`` naming the argument, never a
-Hub lookup (which retries for a minute before failing). It looks local when it starts with
-``.``, ``/`` or ``~``, holds a backslash or more than one ``/`` (Hub names are ``name`` or
-``org/name``), ends with a data-file suffix, or its parent directory exists (``W/nosplit``
-where ``W/`` is here).
+Hub lookup. That rule (:func:`looks_local`, :func:`check_name_or_path`) is defined beside the
+tokenizer loader in :mod:`fusekern.align.tokenizer`, the lowest layer that applies it, and
+re-exported here.
 
 Outputs. A stage never deletes what it did not write:
 
@@ -29,6 +28,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from fusekern.align.tokenizer import check_name_or_path, looks_local
+
 __all__ = [
     "OutputDir",
     "check_name_or_path",
@@ -39,32 +40,8 @@ __all__ = [
     "replace_output_dir",
 ]
 
-_LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".txt", ".text", ".csv", ".npz", ".arrow", ".yaml", ".yml")
 # What `datasets.Dataset.save_to_disk` writes.
 _SAVE_TO_DISK = re.compile(r"^(data-\d{5}-of-\d{5}\.arrow|dataset_info\.json|state\.json)$")
-
-
-def looks_local(value: str | os.PathLike) -> bool:
-    """Whether a name-or-path argument can only mean a local path (module doc)."""
-    path = os.fspath(value)
-    if path.startswith((".", "/", "~")) or os.path.isabs(path) or "\\" in path or path.count("/") > 1:
-        return True
-    if os.path.splitext(path)[1].lower() in _LOCAL_SUFFIXES:
-        return True
-    parent = os.path.dirname(path)
-    return bool(parent) and os.path.isdir(os.path.expanduser(parent))
-
-
-def check_name_or_path(value: Any, what: str, *, local_only: bool = False) -> None:
-    """Raise ``FileNotFoundError`` naming ``what`` when ``value`` is a string that is not an
-    existing path but looks like one (or must be one: ``local_only``). Objects pass."""
-    if not isinstance(value, (str, os.PathLike)):
-        return
-    path = os.fspath(value)
-    if os.path.exists(os.path.expanduser(path)):
-        return
-    if local_only or looks_local(path):
-        raise FileNotFoundError(f"{what}: no such file or directory: {path!r}")
 
 
 def _real(path: str | os.PathLike) -> str:

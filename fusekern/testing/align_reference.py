@@ -1,5 +1,9 @@
 """Plain-Python references for the aligner tests and benchmarks (slow, obviously correct),
-plus the small tokenizers of each family that the tests share (trained once per process)."""
+plus the small tokenizers of each family that the tests share (trained once per process).
+
+The peers' packages these references call (``editdistance``, ``rapidfuzz``: test extras) are
+imported only inside the functions that use them, so importing this module needs numpy alone.
+"""
 
 from __future__ import annotations
 
@@ -100,6 +104,24 @@ def brute_mined(
         ids[s] = int(np.argmin(d))
         best[s] = d[ids[s]]
     return ids, best
+
+
+def rapidfuzz_mined(
+    source: Sequence[str], target: Sequence[str], chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """MinED by brute force with rapidfuzz's ``cdist`` (Levenshtein, all workers, uint8
+    distances, ``chunk`` source rows at a time) + argmin: the first minimum, as
+    :func:`brute_mined`. Returns int64 ``(ids, distances)``."""
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    ids = np.empty(len(source), dtype=np.int64)
+    dist = np.empty(len(source), dtype=np.int64)
+    for s in range(0, len(source), chunk):
+        d = cdist(source[s : s + chunk], target, scorer=Levenshtein.distance, workers=-1, dtype=np.uint8)
+        ids[s : s + chunk] = d.argmin(axis=1)
+        dist[s : s + chunk] = d.min(axis=1)
+    return ids, dist
 
 
 def common_prefix(a: Sequence, b: Sequence) -> int:
@@ -292,7 +314,9 @@ def mixed_text(n_chars: int, seed: int = 0) -> str:
     return "\n\n".join(parts)
 
 
-REAL_TOKENIZERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "tokenizers")
+# ../shared/tokenizers beside the repository (this file is fusekern/testing/align_reference.py)
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REAL_TOKENIZERS = os.path.join(_REPO, "..", "shared", "tokenizers")
 MARKERS = {"llama2": "▁", "mpt": "Ġ", "qwen2": "Ġ"}
 
 
