@@ -343,7 +343,8 @@ def test_stage_code_resolves_to_the_files_each_stage_runs(tmp_path, monkeypatch)
         f.write("\n# edited\n")
     after = {stage: cache.code_digest(stage) for stage in cache._CODE}
     assert {s for s in before if before[s] != after[s]} == {"corpus"}
-    shutil.move(copy / os.path.relpath(native, os.path.dirname(fusekern.__file__)), copy / "align")
+    moved = copy / os.path.relpath(native, os.path.dirname(fusekern.__file__))
+    shutil.move(moved, copy if moved.parent != copy else copy / "align")  # to another folder
     assert cache.code_digest("align") != after["align"]  # found in its new place, under its new path
     monkeypatch.setitem(cache._CODE, "score", ("demo/gone.py",))
     with pytest.raises(FileNotFoundError, match="demo/gone.py"):
