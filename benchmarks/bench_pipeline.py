@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from fusekern.pipeline import run_align, run_pack, split_texts
-from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
+from fusekern.pipeline.extract import FORMAT, ExtractRow, _record_batch, extract_features, shard_name
 from fusekern.pipeline.io import encode, text_hashes
 from fusekern.toy import corpus, tokenizers
 
@@ -74,7 +74,11 @@ def _write_synthetic_extract(path: str, tok, texts: list, seed: int) -> int:
                     logits = np.sort(rng.normal(size=(n, K)), axis=1)[:, ::-1].astype(np.float16)
                     ce = rng.gamma(2.0, 1.0, size=n).astype(np.float32)
                     ce[-1] = 0
-                    rows.append((w0 + j, int(hashes[w0 + j]), ids, top, logits, ce, float(ce[:-1].mean())))
+                    lse = (logits[:, 0] + rng.gamma(1.0, 1.0, size=n)).astype(np.float32)
+                    doc = ExtractRow(
+                        w0 + j, int(hashes[w0 + j]), ids, top, logits, ce, float(ce[:-1].mean()), lse
+                    )
+                    rows.append(doc)
                     n_tokens += n
                 writer.write_batch(_record_batch(schema, K, rows))
     with open(os.path.join(path, shard_name(0, 1), "shard.json"), "w") as f:

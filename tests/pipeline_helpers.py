@@ -60,14 +60,38 @@ def assert_valid_topk(
     np.testing.assert_array_equal(ids[clear], top_i[clear, :k])
 
 
-def run_cli(args: list, env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
-    """Start ``python -m fusekern ARGS`` from the repository root."""
+# A `fusekern` process whose extract sleeps after computing each window of documents, so that a
+# test can act (kill it, start a second process) while a shard is half-written.
+_PAUSED_CLI = """
+import sys, time
+from fusekern.cli import main
+from fusekern.pipeline import extract
+
+pause, compute = float(sys.argv[1]), extract._extract_window
+
+def slow_window(*args, **kwargs):
+    rows = compute(*args, **kwargs)
+    time.sleep(pause)
+    return rows
+
+extract._extract_window = slow_window
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_cli(
+    args: list, env_extra: dict | None = None, *, extract_pause: float = 0.0, **kwargs
+) -> subprocess.Popen:
+    """Start ``python -m fusekern ARGS`` from the repository root; ``extract_pause``: seconds
+    its extract sleeps after each window of documents (a test hook living here, not in the
+    product)."""
     env = dict(os.environ)
     env.update(env_extra or {})
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = ["-c", _PAUSED_CLI, str(extract_pause)] if extract_pause else ["-m", "fusekern"]
     return subprocess.Popen(
-        [sys.executable, "-m", "fusekern", *args],
+        [sys.executable, *cmd, *args],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,

@@ -132,7 +132,7 @@ def test_extract_killed_part_way_resumes_without_recomputing(tiny_lms, docs, tmp
         "--no-progress",
     ]
     # Pause after each written window so that the kill lands inside shard 1.
-    proc = run_cli(args, {"FUSEKERN_EXTRACT_TEST_PAUSE": "1.5"})
+    proc = run_cli(args, extract_pause=1.5)
     first = os.path.join(out, shard_name(0, 4))
     deadline = time.time() + 180
     while not os.path.isdir(first):

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from fusekern.align import dtw, token_bytes
 from fusekern.align.vocab import canonical_target_ids, surface_strings
 from fusekern.pipeline import build_vocab_map, load_extract, run_align, run_extract, run_vocab_map
-from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
+from fusekern.pipeline.extract import FORMAT, ExtractRow, _record_batch, extract_features, shard_name
 from fusekern.pipeline.io import text_hash
 
 # ------------------------------------------------------------------------------ hand-made case
@@ -36,13 +36,14 @@ def _hand_tokenizer(tokens: list, merges: list) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
 
 
-def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
-    """An extract directory written by hand (what run_extract would write for these numbers)."""
+def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size, lse=None):
+    """An extract directory written by hand (what run_extract would write for these numbers;
+    ``lse=None``: the format without the logsumexp column)."""
     k = top_ids.shape[1]
     shard = os.path.join(path, shard_name(0, 1))
     os.makedirs(shard)
     meta = {
-        "format": FORMAT,
+        "format": FORMAT if lse is not None else "fusekern-extract/1",
         "num_docs": 1,
         "num_shards": 1,
         "top_k": k,
@@ -53,7 +54,7 @@ def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
     with open(os.path.join(path, "extract_meta.json"), "w") as f:
         json.dump(meta, f)
     tok.save_pretrained(os.path.join(path, "tokenizer"))
-    row = (
+    row = ExtractRow(
         0,
         text_hash(text),
         np.array(ids, np.int32),
@@ -61,8 +62,9 @@ def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
         np.array(top_logits, np.float16),
         np.array(ce, np.float32),
         float(np.mean(ce[:-1])),
+        None if lse is None else np.array(lse, np.float32),
     )
-    schema = extract_features(k).arrow_schema
+    schema = extract_features(k, logsumexp=lse is not None).arrow_schema
     with pa.OSFile(os.path.join(shard, "data.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as w:
         w.write_batch(_record_batch(schema, k, [row]))
     with open(os.path.join(shard, "shard.json"), "w") as f:

@@ -134,7 +134,7 @@ def test_two_extract_processes_on_one_directory(tiny_lms, docs, tmp_path, capsys
         return ["extract", "--model", tiny_lms["gpt2_uni"].path, "--data", data, "--out", out, "--num-shards",
                 "2", "--top-k", str(top_k), "--batch-size", "2", "--no-progress"]  # fmt: skip
 
-    proc = run_cli(args(), {"FUSEKERN_EXTRACT_TEST_PAUSE": "30"})  # sits inside shard 0
+    proc = run_cli(args(), extract_pause=30)  # sits inside shard 0
     try:
         deadline = time.time() + 180
 
