@@ -99,3 +99,69 @@ def run_cli(
         text=True,
         **kwargs,
     )
+
+
+# ------------------------------------------------- plain-Python reference of the mid-token rule
+
+
+def ref_mid_token_positions(a: list, b: list) -> list:
+    """For each position t of tokenisation ``b`` of one document (token byte strings, dummy
+    prefix already stripped): ``(u, seen)`` when t's context ends strictly inside token u+1 of
+    ``a`` (u >= 0; ``seen``: how many of that token's bytes lie before the end), else None
+    (a shared boundary, inside a's first token, or b's last position)."""
+    starts, pos = [], 0
+    for tok in a:
+        starts.append(pos)
+        pos += len(tok)
+    out = []
+    for t in range(len(b) - 1):
+        o = len(b"".join(b[: t + 1]))
+        hit = None
+        for j in range(1, len(a)):
+            if starts[j] < o < starts[j] + len(a[j]):
+                hit = (j - 1, o - starts[j])
+        out.append(hit)
+    return out + [None]
+
+
+def ref_target_prefix(target_bytes: list, canon) -> object:
+    """bytes -> the target's canonical id of its longest token that is a byte prefix (-1 if
+    none), by brute force over the target tokens with the same first byte."""
+    by_first: dict = {}
+    for t, tb in enumerate(target_bytes):
+        if tb:
+            by_first.setdefault(tb[0], []).append(t)
+    cache: dict = {}
+
+    def project(rem: bytes) -> int:
+        if rem not in cache:
+            best = -1
+            for t in by_first.get(rem[0], []):
+                tb = target_bytes[t]
+                if rem.startswith(tb) and (best < 0 or len(tb) > len(target_bytes[best])):
+                    best = t
+            cache[rem] = -1 if best < 0 else int(canon[best])
+        return cache[rem]
+
+    return project
+
+
+def ref_mid_token_teacher(seen: bytes, gold, cand_ids, cand_logits, gold_logit, src_bytes, project, k_out):
+    """(ids, float16 logits, source ids kept) of the mid-token teacher: the gold source token
+    first (only where ``gold_logit`` is given and the top-k lacks it), then the top-k in order; a
+    candidate is kept when its bytes extend ``seen``; it counts for the target token its
+    remainder starts with."""
+    entries = []
+    if gold_logit is not None and gold not in list(cand_ids):
+        entries.append((gold, np.float16(gold_logit)))
+    entries += [(int(c), np.float16(v)) for c, v in zip(cand_ids, cand_logits)]
+    ids, logits, kept = [], [], []
+    for c, v in entries:
+        cb = src_bytes[c] if 0 <= c < len(src_bytes) else b""
+        if len(cb) > len(seen) and cb.startswith(seen):
+            t = project(cb[len(seen) :])
+            if t >= 0 and len(ids) < k_out:
+                ids.append(t)
+                logits.append(v)
+                kept.append(c)
+    return ids, logits, kept

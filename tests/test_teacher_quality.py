@@ -202,8 +202,9 @@ def test_positions_option_is_one_contract(tmp_path):
     from fusekern.cli.demo import POSITIONS as CLI_POSITIONS
     from fusekern.pipeline.align import POSITIONS, run_align
 
-    assert CLI_POSITIONS == POSITIONS == ("span", "boundary")
+    assert CLI_POSITIONS == POSITIONS == ("span", "boundary", "all")
     with pytest.raises(ValueError, match="positions must be one of"):
-        run_align("unused", ["x"], ["unused"], str(tmp_path / "o"), positions="all")
-    with pytest.raises(ValueError, match="needs mode='bytes'"):
-        run_align("unused", ["x"], ["unused"], str(tmp_path / "o"), mode="fusellm", positions="boundary")
+        run_align("unused", ["x"], ["unused"], str(tmp_path / "o"), positions="every")
+    for positions in ("boundary", "all"):
+        with pytest.raises(ValueError, match="needs mode='bytes'"):
+            run_align("unused", ["x"], ["unused"], str(tmp_path / "o"), mode="fusellm", positions=positions)

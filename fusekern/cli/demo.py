@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-POSITIONS = ("span", "boundary")  # fusekern.pipeline.align.POSITIONS (a test keeps them equal)
+POSITIONS = ("span", "boundary", "all")  # fusekern.pipeline.align.POSITIONS (a test keeps them equal)
 
 
 def register(subparsers: Any) -> None:

@@ -213,7 +213,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=POSITIONS,
         default=None,
         help="bytes mode: which target positions take a source's top-k: 'span' (next tokens cut alike) "
-        "or 'boundary' (every shared token boundary); default: run_align's (docs/DATA_FORMAT.md)",
+        "'boundary' (every shared token boundary) or 'all' (also inside a source token); default: "
+        "run_align's (docs/DATA_FORMAT.md)",
     )
     p.add_argument("--out", required=True, help="output directory")
     _overwrite_arg(p, "align")
