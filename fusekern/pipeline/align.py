@@ -17,7 +17,13 @@ source's distribution is ``positions``:
 - ``"boundary"``: position ``t`` takes source position ``u`` whenever both contexts end at the
   same byte offset (:func:`boundary_positions`), a superset of ``span`` with the same ``u`` on
   it; the source's candidates then count for the target token that starts the same bytes (the
-  vocab map's prefix rule).
+  vocab map's prefix rule);
+- ``"all"``: ``boundary``, and where ``t``'s context ends at byte ``o`` strictly inside source
+  token ``u+1`` (bytes ``[s, e)``, :func:`mid_token_positions`), the source's distribution at
+  ``u`` conditioned on the bytes ``text[s:o]`` already seen (:func:`mid_token_teacher`): only
+  candidates extending those bytes, each counted for the target token that starts its
+  remainder; the gold ``u+1`` is added from the extract's ``logsumexp`` where the top-k lacks
+  it. The loss's renormalisation over the listed entries does the conditioning.
 
 A document whose two byte strings differ (a normalising tokenizer, e.g. NFKC) falls back to
 DTW for that source (both rules): DTW path components serve as groups, and a 1:1 group counts
@@ -45,8 +51,8 @@ occurrence, as FuseLLM does.
 Quality carried to target positions: ``source_ce[t, s]`` is the source's CE of the gold next
 target token: the source's NLL of the group containing target token ``t+1`` (sum of its
 per-token CE over the group's source tokens), shared equally by the group's predicted target
-tokens. In a 1:1 group that is exactly the source's per-token CE. The same under both
-``positions`` rules: it measures how well the source predicts the gold continuation (what
+tokens. In a 1:1 group that is exactly the source's per-token CE. The same under every
+``positions`` rule: it measures how well the source predicts the gold continuation (what
 MinCE compares), whether or not its top-k is used at that position. (A document's first group
 may hold target tokens but only the unpredicted first source token: those get the document
 mean.)
@@ -390,13 +396,13 @@ class _TargetPrefix:
 
 
 def _project_remainders(
-    src: _Source, cand: np.ndarray, seen: np.ndarray, prefix: _TargetPrefix
+    side: _Side, cache: dict, cand: np.ndarray, seen: np.ndarray, prefix: _TargetPrefix
 ) -> np.ndarray:
-    """Target id of each candidate's remainder ``bytes(cand)[seen:]`` (cached per source)."""
-    stride = int(src.side.lens.max(initial=0)) + 1
+    """Target id of each candidate's remainder ``bytes(cand)[seen:]`` (``cache``: per source)."""
+    stride = int(side.lens.max(initial=0)) + 1
     uniq, inv = np.unique(cand * stride + seen, return_inverse=True)
     out = np.empty(uniq.size, dtype=np.int64)
-    cache, raw = src.remainders, src.side.raw
+    raw = side.raw
     for i, key in enumerate(uniq.tolist()):
         hit = cache.get(key)
         if hit is None:
@@ -415,7 +421,8 @@ class MidTokenTeacher(NamedTuple):
 
 
 def mid_token_teacher(
-    src: _Source,
+    side: _Side,
+    cache: dict,
     u: np.ndarray,
     seen: np.ndarray,
     src_flat: np.ndarray,
@@ -425,21 +432,23 @@ def mid_token_teacher(
     prefix: _TargetPrefix,
     k_out: int,
 ) -> MidTokenTeacher:
-    """The source's distribution at ``u`` restricted to candidates consistent with the ``seen``
-    bytes of source token u+1 (the gold), each projected by its remainder onto the target token
-    the target would start those bytes with. ``gold_logit`` (from the extract's logsumexp): the
-    gold's raw logit at ``u``, added as a candidate where the top-k lacks it. At most ``k_out``
-    entries: the gold first, then the top-k in order."""
+    """The source's distribution at positions ``u`` (into ``src_flat``, the source ids, and its
+    ``top_ids``/``top_log`` rows) restricted to candidates consistent with the ``seen`` bytes of
+    source token u+1 (the gold), each projected by its remainder onto the target token the target
+    would start those bytes with (``prefix``; ``cache`` keeps the projections of this source).
+    ``gold_logit`` (from the extract's logsumexp): the gold's raw logit at ``u``, added as a
+    candidate where the top-k lacks it. At most ``k_out`` entries: the gold first, then the
+    top-k in order."""
     gold = src_flat[u + 1]
     cand, logits = top_ids[u], top_log[u]
     if gold_logit is not None:
         missing = ~(cand == gold[:, None]).any(axis=1)
         cand = np.concatenate([np.where(missing, gold, -1)[:, None], cand], axis=1)
         logits = np.concatenate([gold_logit.astype(np.float16)[:, None], logits], axis=1)
-    kept = _consistent(cand, seen, gold, src.side)
+    kept = _consistent(cand, seen, gold, side)
     tid = np.full(cand.shape, -1, dtype=np.int64)
     rows, cols = np.nonzero(kept)
-    tid[rows, cols] = _project_remainders(src, cand[rows, cols], seen[rows], prefix)
+    tid[rows, cols] = _project_remainders(side, cache, cand[rows, cols], seen[rows], prefix)
     kept &= tid >= 0
     kept &= np.cumsum(kept, axis=1) <= k_out
     ids, out_log = _compact(np.where(kept, tid, -1), np.where(kept, logits, 0).astype(np.float16))
@@ -663,7 +672,16 @@ def _mid_token(ctx: _Context, src: _Source, batch: _Batch, rows: _SourceRows, g:
     u, seen = u[t], seen[t]
     gold_logit = (rows.lse[u] - rows.ce[u]) if rows.lse is not None else None
     teacher = mid_token_teacher(
-        src, u, seen, rows.flat, rows.top_ids, rows.top_log, gold_logit, ctx.prefix, ctx.top_k
+        src.side,
+        src.remainders,
+        u,
+        seen,
+        rows.flat,
+        rows.top_ids,
+        rows.top_log,
+        gold_logit,
+        ctx.prefix,
+        ctx.top_k,
     )
     return t, teacher
 
