@@ -122,33 +122,34 @@ def nul_mapping(toks: dict) -> dict:
     return res
 
 
-def coverage(pieces: list, toks: dict, workdir: str) -> dict:
-    """Per rule: the align_meta fractions of ``pieces`` (tiny random source models)."""
+def coverage(pieces: list, toks: dict, workdir: str, rules: tuple | None = None) -> dict:
+    """Per rule (default: every ``positions`` value): the align_meta fractions of ``pieces``
+    (tiny random source models of the tokenizers' vocabulary sizes; align builds the vocab maps).
+    One ``"all"`` run also gives ``span``'s coverage (``one_to_one``) and ``boundary``'s
+    (``boundary``)."""
     from fusekern.pipeline import run_align, run_extract
     from fusekern.pipeline.align import POSITIONS
     from fusekern.toy.models import tiny_causal_lm
 
+    os.makedirs(workdir, exist_ok=True)
     extracts = {}
     for i, name in enumerate(SOURCES):
         tok = toks[name]
-        path = os.path.join(workdir, "models", name)
-        if not os.path.isdir(path):
-            model = tiny_causal_lm(
-                "llama",
-                len(tok),
-                hidden=16,
-                layers=1,
-                heads=2,
-                max_positions=1024,
-                seed=i,
-                eos_token_id=tok.eos_token_id,
-            )
-            model.save_pretrained(path)
-            tok.save_pretrained(path)
+        model = tiny_causal_lm(
+            "llama",
+            len(tok),
+            hidden=16,
+            layers=1,
+            heads=2,
+            max_positions=1024,
+            seed=i,
+            eos_token_id=tok.eos_token_id,
+        )
         extracts[name] = run_extract(
-            path,
+            model,
             pieces,
-            os.path.join(workdir, f"ext_{len(pieces)}_{abs(hash(pieces[0])) % 10**6}", name),
+            tempfile.mkdtemp(prefix=f"ext_{name}_", dir=workdir),
+            tokenizer=tok,
             top_k=8,
             batch_size=8,
             num_shards=1,
@@ -156,7 +157,7 @@ def coverage(pieces: list, toks: dict, workdir: str) -> dict:
             progress=False,
         )
     res = {}
-    for positions in POSITIONS:
+    for positions in rules or POSITIONS:
         out = os.path.join(workdir, f"aligned_{positions}")
         t0 = time.process_time()
         run_align(

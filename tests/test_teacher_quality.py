@@ -274,6 +274,28 @@ def test_mid_token_rule_matches_reference_on_toy_pairs(target, source):
     assert _check_mid_token(toy_tokenizer(target), toy_tokenizer(target), texts) == 1.0
 
 
+def test_coverage_per_rule_through_tiny_models_of_the_real_vocab_sizes(real, tmp_path):
+    """benchmarks/teacher_quality.py's coverage part on two short pieces (prose, code): tiny
+    random models with the real vocabulary sizes, extracted and aligned with positions="all"
+    (whose meta also gives the span and boundary positions)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "teacher_quality.py")
+    spec = importlib.util.spec_from_file_location("teacher_quality", path)
+    tq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tq)
+    pieces = [
+        "The quick brown fox, 1234 times.\n\nIt jumped: over 56 lazy dogs.\n",
+        "def f(x):\n    return x + 1  # add 1\n\n\nclass A:\n    pass\n",
+    ]
+    res = tq.coverage(pieces, real, str(tmp_path), rules=("all",))["all"]
+    for name in tq.SOURCES:
+        # span's positions (1:1 groups) < boundary's (shared boundaries) < all's
+        span, bound, every = (res[key][name] for key in ("one_to_one", "boundary", "aligned"))
+        assert span < bound < every and every >= 0.9, (name, span, bound, every)
+        assert res["mid_token"][name] == pytest.approx(every - bound, abs=1e-5)
+
+
 def test_vocab_map_onto_llama2_never_invents_nul(real):
     """MPT → Llama-2: each source token maps to the target token with its bytes, else to the
     longest target token its bytes start with (characters Llama-2 lacks: their first UTF-8
