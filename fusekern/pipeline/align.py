@@ -463,7 +463,24 @@ def mid_token_teacher(
 
 
 class _Context:
-    def __init__(self, tgt_tok, target: _Side, canon, sources, mode, positions, top_k, threads, text_column):
+    """Everything a batch needs (picklable: sent to the ``num_proc`` workers)."""
+
+    def __init__(
+        self,
+        tgt_tok,
+        target: _Side,
+        canon,
+        sources,
+        mode,
+        positions,
+        top_k,
+        threads,
+        text_column,
+        batch_size,
+        num_proc,
+    ):
+        self.batch_size = batch_size
+        self.num_proc = num_proc
         self.tgt_tok = tgt_tok
         self.positions = positions
         self.target = target
@@ -911,8 +928,31 @@ def run_align(
     inputs = [("data", data), ("target_tokenizer", target_tokenizer)]
     inputs += [("source extract", p) for p in source_extract_dirs] + [("vocab map", v) for v in vocab_maps]
     out_dir = prepare_output_dir(out_dir, OUTPUT, inputs=inputs, overwrite=overwrite)
-    ctx = _Context(tgt_tok, target, canon, sources, mode, positions, top_k, threads, text_column)
+    ctx = _Context(
+        tgt_tok, target, canon, sources, mode, positions, top_k, threads, text_column, batch_size, num_proc
+    )
 
+    meta = _write_aligned(ds, ctx, out_dir, overwrite, name_of(target_tokenizer), target_fingerprint, t0)
+    print(
+        f"align ({mode}, {positions}): {meta['num_docs']} documents, {meta['num_tokens']} target tokens, "
+        "taught "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in meta["aligned_fraction"].items())
+        + f" in {meta['seconds']:.1f}s -> {out_dir}"
+    )
+    return out_dir
+
+
+def _write_aligned(
+    ds: datasets.Dataset,
+    ctx: _Context,
+    out_dir: str,
+    overwrite: bool,
+    target: str,
+    target_fingerprint: str,
+    t0,
+) -> dict:
+    """Align every batch (``datasets.map`` into a temporary cache next to ``out_dir``), save
+    the result with its meta atomically; returns the meta (``t0``: when the call started)."""
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     cache = os.path.join(parent, f".tmp-align-cache-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -923,43 +963,30 @@ def run_align(
             .map(
                 _align_batch,
                 batched=True,
-                batch_size=batch_size,
+                batch_size=ctx.batch_size,
                 with_indices=True,
-                num_proc=num_proc if num_proc > 1 else None,
-                remove_columns=[text_column],
-                features=aligned_features(len(sources), top_k),
+                num_proc=ctx.num_proc if ctx.num_proc > 1 else None,
+                remove_columns=[ctx.text_column],
+                features=aligned_features(len(ctx.sources), ctx.top_k),
                 fn_kwargs={"ctx": ctx},
                 cache_file_name=os.path.join(cache, "aligned.arrow"),
                 load_from_cache_file=False,
                 new_fingerprint=f"fusekern-align-{uuid.uuid4().hex}",
-                desc=f"align ({mode})",
+                desc=f"align ({ctx.mode})",
             )
             .with_format(None)
         )
-        meta = _align_meta(
-            aligned, ctx, target_tokenizer, target_fingerprint, source_names, source_extract_dirs
-        )
+        meta = _align_meta(aligned, ctx, target, target_fingerprint)
         meta["seconds"] = round(time.time() - t0, 3)
         save_dataset_atomic(aligned, out_dir, {META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    print(
-        f"align ({mode}, {positions}): {meta['num_docs']} documents, {meta['num_tokens']} target tokens, "
-        "taught "
-        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in meta["aligned_fraction"].items())
-        + f" in {meta['seconds']:.1f}s -> {out_dir}"
-    )
-    return out_dir
+    return meta
 
 
-def _align_meta(
-    aligned: datasets.Dataset,
-    ctx: _Context,
-    target_tokenizer,
-    target_fingerprint: str,
-    names: list,
-    dirs: list,
-) -> dict:
+def _align_meta(aligned: datasets.Dataset, ctx: _Context, target: str, target_fingerprint: str) -> dict:
+    """align_meta.json (docs/DATA_FORMAT.md), from the aligned table's per-document counts."""
+    names = [src.name for src in ctx.sources]
     table = _table(aligned)
     num_s = len(names)
     n_tokens = int(pa.compute.sum(pa.compute.list_value_length(table.column("input_ids"))).as_py() or 0)
@@ -978,8 +1005,8 @@ def _align_meta(
     return {
         "format": FORMAT,
         "sources": names,
-        "source_dirs": [os.path.abspath(os.fspath(p)) for p in dirs],
-        "target": name_of(target_tokenizer),
+        "source_dirs": [os.path.abspath(src.path) for src in ctx.sources],
+        "target": target,
         "target_vocab_sha256": target_fingerprint,
         "target_vocab_size": len(ctx.tgt_tok),
         "top_k": ctx.top_k,
