@@ -514,7 +514,7 @@ class _SourceRows(NamedTuple):
 
     off: np.ndarray
     flat: np.ndarray  # input ids
-    top_ids: np.ndarray  # [L, K]
+    top_ids: np.ndarray  # [L, K] int32
     top_log: np.ndarray  # [L, K] float16
     ce: np.ndarray  # [L] float64
     lse: np.ndarray | None  # [L] float64, None for extracts without the column
@@ -551,7 +551,7 @@ def _read_source_rows(src: _Source, batch: _Batch) -> _SourceRows:
     flat = np.asarray(flat_pa.to_numpy(zero_copy_only=False), dtype=np.int64)
     where = f"source {src.name!r} input ids, documents from {batch.lo}"
     check_token_ids(flat, src.lut.size, where)
-    top_ids = _fixed(_csr(tab.column("topk_ids"))[1], src.top_k, np.int64)
+    top_ids = _fixed(_csr(tab.column("topk_ids"))[1], src.top_k, np.int32)  # as stored: no copy
     check_token_ids(top_ids, src.lut.size, f"source {src.name!r} top-k ids, documents from {batch.lo}")
     return _SourceRows(
         off,
@@ -817,10 +817,13 @@ def _arrow_batch(b: _Batch, out: dict, num_s: int, k: int) -> pa.Table:
 
 
 def _source_lut(vmap: Any, logits_dim: int, target_size: int) -> tuple:
-    lut = np.full(max(logits_dim, vmap.source_size), -1, dtype=np.int64)
+    if vmap.ids.size and int(vmap.ids.max()) >= target_size:
+        raise ValueError(
+            f"vocab map sends ids to {int(vmap.ids.max())}, beyond the target's {target_size} ids"
+        )
+    # int32 like the teacher columns: the top-k rows map without a wider copy
+    lut = np.full(max(logits_dim, vmap.source_size), -1, dtype=np.int32)
     lut[: vmap.source_size] = vmap.ids
-    if (lut >= target_size).any():
-        raise ValueError(f"vocab map sends ids to {int(lut.max())}, beyond the target's {target_size} ids")
     exact = np.zeros(lut.size, dtype=bool)
     exact[: vmap.source_size] = vmap.exact & (vmap.ids >= 0)
     return lut, exact
