@@ -6,8 +6,9 @@ benchmarks/RESULTS.md, section "Pipeline (issue 4)").
 Setup, built once: a Llama-2-style target tokenizer (SentencePiece BPE, 8k) and two sources
 (byte-level BPE 8k as GPT-NeoX/MPT, SentencePiece BPE 5k as OpenLLaMA), trained on standard-
 library text; documents split to block 512 under all three. Extracts hold the sources' real
-tokenisations with K = 10 synthetic top-k rows (random ids and logits: what alignment costs
-does not depend on the values) written in the exact ``fusekern extract`` format.
+tokenisations with K = 10 synthetic top-k rows and a synthetic logsumexp (random ids and logits:
+what alignment costs hardly depends on the values; the ``all`` rule's mid-token rows then keep
+mostly the gold) written in the exact ``fusekern extract`` format.
 
 - ``test_align_throughput``: ``run_align`` end to end as ``fusekern align --vocab-maps`` runs
   it after ``fusekern vocab-map`` (the README's pipeline): read the tokenizers, extracts and
