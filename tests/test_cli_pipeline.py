@@ -135,9 +135,14 @@ def test_extract_killed_part_way_resumes_without_recomputing(tiny_lms, docs, tmp
     proc = run_cli(args, extract_pause=1.5)
     first = os.path.join(out, shard_name(0, 4))
     deadline = time.time() + 180
-    while not os.path.isdir(first):
+
+    def inside_shard_1() -> bool:  # shard 0 renamed into place, shard 1's temporary started
+        names = os.listdir(out) if os.path.isdir(out) else []
+        return os.path.isdir(first) and any(n.startswith(".tmp-" + shard_name(1, 4)) for n in names)
+
+    while not inside_shard_1():
         assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "shard 0 never finished"
+        assert time.time() < deadline, "shard 1 never started"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()

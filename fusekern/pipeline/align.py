@@ -400,7 +400,7 @@ def _project_remainders(
 ) -> np.ndarray:
     """Target id of each candidate's remainder ``bytes(cand)[seen:]`` (``cache``: per source)."""
     stride = int(side.lens.max(initial=0)) + 1
-    uniq, inv = np.unique(cand * stride + seen, return_inverse=True)
+    uniq, inv = np.unique(cand.astype(np.int64) * stride + seen, return_inverse=True)
     out = np.empty(uniq.size, dtype=np.int64)
     raw = side.raw
     for i, key in enumerate(uniq.tolist()):
