@@ -6,14 +6,19 @@ benchmarks/RESULTS.md, section "Pipeline (issue 4)").
 Setup, built once: a Llama-2-style target tokenizer (SentencePiece BPE, 8k) and two sources
 (byte-level BPE 8k as GPT-NeoX/MPT, SentencePiece BPE 5k as OpenLLaMA), trained on standard-
 library text; documents split to block 512 under all three. Extracts hold the sources' real
-tokenisations with K = 10 synthetic top-k rows (random ids and logits: what alignment costs
-does not depend on the values) written in the exact ``fusekern extract`` format.
+tokenisations with K = 10 synthetic top-k rows and a synthetic logsumexp (random ids and logits:
+what alignment costs hardly depends on the values; the ``all`` rule's mid-token rows then keep
+mostly the gold) written in the exact ``fusekern extract`` format.
 
-- ``test_align_throughput``: ``run_align`` end to end (read extracts, tokenize the target, byte
-  alignment, top-k vocab mapping and dedupe, write the aligned dataset), S = 2, K = 10, one
-  worker process and one native thread; target tokens per second of wall time and per CPU
-  second (= per core), against a FuseLLM-style Python alignment (its DTW + per-id token lookups)
-  on a few documents of the same data.
+- ``test_align_throughput``: ``run_align`` end to end as ``fusekern align --vocab-maps`` runs
+  it after ``fusekern vocab-map`` (the README's pipeline): read the tokenizers, extracts and
+  vocab maps, tokenize the target, byte alignment, top-k vocab mapping, write the aligned
+  dataset; S = 2, K = 10, one worker process and one native thread; target tokens per second
+  of wall time and per CPU second (= per core), against a FuseLLM-style Python alignment (its
+  DTW + per-id token lookups) on a few documents of the same data. Also timed: the same call
+  without ``vocab_maps`` (align builds both maps itself: a fixed cost per call).
+- ``test_align_throughput_positions``: the three ``positions`` rules in the same run (prebuilt
+  maps), alternating.
 - ``test_storage``: bytes per token per source on disk, ours (extract shards; the packed
   training set) vs FuseLLM's formats measured by writing them with ``datasets`` the way its
   scripts do (extract: per-step top-k as torch tensors padded to the block, so int64 ids and
@@ -35,8 +40,9 @@ import pytest
 import torch
 
 from fusekern.demo.toy import corpus, tokenizers
-from fusekern.pipeline import run_align, run_pack, split_texts
-from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
+from fusekern.pipeline import run_align, run_pack, run_vocab_map, split_texts
+from fusekern.pipeline.extract import ExtractRow, _record_batch, extract_features, shard_name
+from fusekern.pipeline.formats import EXTRACT_FORMAT, POSITIONS
 from fusekern.pipeline.io import encode, text_hashes
 from fusekern.testing.align_reference import (  # FuseLLM's DTW, shared with the tests
     fusellm_dist_fn,
@@ -74,13 +80,17 @@ def _write_synthetic_extract(path: str, tok, texts: list, seed: int) -> int:
                     logits = np.sort(rng.normal(size=(n, K)), axis=1)[:, ::-1].astype(np.float16)
                     ce = rng.gamma(2.0, 1.0, size=n).astype(np.float32)
                     ce[-1] = 0
-                    rows.append((w0 + j, int(hashes[w0 + j]), ids, top, logits, ce, float(ce[:-1].mean())))
+                    lse = (logits[:, 0] + rng.gamma(1.0, 1.0, size=n)).astype(np.float32)
+                    doc = ExtractRow(
+                        w0 + j, int(hashes[w0 + j]), ids, top, logits, ce, float(ce[:-1].mean()), lse
+                    )
+                    rows.append(doc)
                     n_tokens += n
                 writer.write_batch(_record_batch(schema, K, rows))
     with open(os.path.join(path, shard_name(0, 1), "shard.json"), "w") as f:
         json.dump({"shard": 0}, f)
     meta = {
-        "format": FORMAT,
+        "format": EXTRACT_FORMAT,
         "num_docs": len(texts),
         "num_shards": 1,
         "top_k": K,
@@ -111,7 +121,9 @@ def setup(tmp_path_factory):
         src_tokens[name] = _write_synthetic_extract(extracts[name], toks[name], docs, seed=i)
     target_path = str(root / "target_tok")
     toks["target"].save_pretrained(target_path)
+    maps = {n: run_vocab_map(toks[n], toks["target"], str(root / f"{n}.npz")) for n in SOURCES}
     return {
+        "maps": maps,
         "root": root,
         "toks": toks,
         "docs": docs,
@@ -156,14 +168,17 @@ def _marker(tok) -> str:
     return "Ġ" if "Ġ" in "".join(tok.convert_ids_to_tokens(list(range(min(len(tok), 2000))))) else "▁"
 
 
-def _align(s: dict, out: str, **kw) -> None:
-    """One timed align stage of the benchmarks: both sources, 1 process, 1 thread; each round
-    replaces the previous round's output."""
+def _align(s: dict, out: str, *, prebuilt_maps: bool = True, **kw) -> None:
+    """One timed align stage of the benchmarks: both sources, 1 process, 1 thread, the vocab
+    maps from files (``prebuilt_maps``) or built in the call; each round replaces the previous
+    round's output."""
     names = list(SOURCES)
     paths = [s["extracts"][n] for n in names]
+    maps = [s["maps"][n] for n in names] if prebuilt_maps else None
     run_align(
-        s["target"], s["data"], paths, out, source_names=names, num_proc=1, threads=1, overwrite=True, **kw
-    )
+        s["target"], s["data"], paths, out, source_names=names, vocab_maps=maps, num_proc=1, threads=1,
+        overwrite=True, **kw,
+    )  # fmt: skip
 
 
 def test_align_throughput(benchmark, setup):
@@ -184,6 +199,11 @@ def test_align_throughput(benchmark, setup):
         wall.append(time.perf_counter() - w0)
 
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
+    cpu_built = []
+    for _ in range(2):  # the maps built inside the call (no --vocab-maps)
+        c0 = time.process_time()
+        _align(s, out, prebuilt_maps=False)
+        cpu_built.append(time.process_time() - c0)
     tracemalloc.start()  # a separate run: tracing slows Python allocations several-fold
     align()
     peak.append(tracemalloc.get_traced_memory()[1])
@@ -224,12 +244,14 @@ def test_align_throughput(benchmark, setup):
         "aligned_fraction": meta["aligned_fraction"],
         "tokens_per_s_wall": round(n_tgt / min(wall)),
         "tokens_per_cpu_s": round(ours_cpu),
+        "tokens_per_cpu_s_maps_built_in_call": round(n_tgt / min(cpu_built)),
         "fusellm_ref_tokens_per_cpu_s": round(ref_rate),
         "ratio_vs_fusellm": round(ours_cpu / ref_rate, 1),
         "peak_traced_mb": round(max(peak) / 2**20, 1),
     }
     benchmark.extra_info.update(info)
-    print("\nalign throughput (S=2, K=10, block 512, 1 process, 1 thread):", json.dumps(info, indent=1))
+    print("\nalign throughput (S=2, K=10, block 512, 1 process, 1 thread, prebuilt vocab maps):")
+    print(json.dumps(info, indent=1))
 
 
 def test_align_throughput_fusellm_mode(benchmark, setup):
@@ -253,11 +275,11 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
     print("\nalign throughput, mode=fusellm (full DTW):", json.dumps(info, indent=1))
 
 
-def test_align_throughput_boundary_positions(benchmark, setup):
-    """positions="boundary" (issue 9) against "span" in the same run: same data, S = 2, K = 10,
-    1 process, 1 thread; best of 2 alternating runs each."""
+def test_align_throughput_positions(benchmark, setup):
+    """The positions rules in the same run: same data, S = 2, K = 10, 1 process, 1 thread,
+    prebuilt vocab maps; best of 2 alternating runs each."""
     s = setup
-    cpu: dict = {"span": [], "boundary": []}
+    cpu: dict = {p: [] for p in POSITIONS}
     metas = {}
 
     def one(positions):
@@ -268,22 +290,19 @@ def test_align_throughput_boundary_positions(benchmark, setup):
         metas[positions] = json.load(open(os.path.join(out, "align_meta.json")))
 
     def run():
-        for positions in ("span", "boundary"):
+        for positions in POSITIONS:
             one(positions)
 
     benchmark.pedantic(run, rounds=2, iterations=1)
-    n_tgt = metas["boundary"]["num_tokens"]
-    info = {
-        "target_tokens": n_tgt,
-        "tokens_per_cpu_s_span": round(n_tgt / min(cpu["span"])),
-        "tokens_per_cpu_s_boundary": round(n_tgt / min(cpu["boundary"])),
-        "boundary_over_span_time": round(min(cpu["boundary"]) / min(cpu["span"]), 3),
-        "taught_span": metas["span"]["aligned_fraction"],
-        "taught_boundary": metas["boundary"]["aligned_fraction"],
-        "one_to_one": metas["boundary"]["one_to_one_fraction"],
-    }
+    n_tgt = metas["span"]["num_tokens"]
+    info = {"target_tokens": n_tgt, "one_to_one": metas["span"]["one_to_one_fraction"]}
+    for p in POSITIONS:
+        info[f"tokens_per_cpu_s_{p}"] = round(n_tgt / min(cpu[p]))
+        info[f"{p}_over_span_time"] = round(min(cpu[p]) / min(cpu["span"]), 3)
+        info[f"taught_{p}"] = metas[p]["aligned_fraction"]
+    info["mid_token_all"] = metas["all"]["mid_token_fraction"]
     benchmark.extra_info.update(info)
-    print("\nalign throughput, positions span vs boundary:", json.dumps(info, indent=1))
+    print("\nalign throughput by positions rule:", json.dumps(info, indent=1))
 
 
 def test_storage(benchmark, setup):

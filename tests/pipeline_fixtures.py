@@ -85,7 +85,7 @@ def extracts(tiny_lms, docs, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def aligned(extracts, docs, tiny_lms, tmp_path_factory) -> tuple:
     """(source names, {rule: aligned dir}) for the target TARGET and all three sources; rules:
-    "bytes" (span positions), "fusellm", "boundary" (bytes mode, boundary positions)."""
+    "bytes" (span positions), "fusellm", "boundary" and "all" (bytes mode, those positions)."""
     from fusekern.pipeline import run_align
 
     def build():
@@ -97,9 +97,10 @@ def aligned(extracts, docs, tiny_lms, tmp_path_factory) -> tuple:
             mode: run_align(target, docs, paths, str(root / mode), mode=mode, source_names=names)
             for mode in ("bytes", "fusellm")
         }
-        dirs["boundary"] = run_align(
-            target, docs, paths, str(root / "boundary"), positions="boundary", source_names=names
-        )
+        for positions in ("boundary", "all"):
+            dirs[positions] = run_align(
+                target, docs, paths, str(root / positions), positions=positions, source_names=names
+            )
         return names, dirs
 
     return _cached("aligned", build)

@@ -17,7 +17,8 @@ from pipeline_helpers import TARGET, run_cli
 from fusekern.cli import main
 from fusekern.demo.toy.corpus import stdlib_prose
 from fusekern.pipeline import load_extract, load_packed
-from fusekern.pipeline.extract import LOG_FILE, shard_name
+from fusekern.pipeline.extract import shard_name
+from fusekern.pipeline.formats import EXTRACT_LOG_FILE
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
 
@@ -151,12 +152,17 @@ def test_extract_killed_part_way_resumes_without_recomputing(tiny_lms, docs, tmp
         "--no-progress",
     ]
     # Pause after each written window so that the kill lands inside shard 1.
-    proc = run_cli(args, {"FUSEKERN_EXTRACT_TEST_PAUSE": "1.5"})
+    proc = run_cli(args, extract_pause=1.5)
     first = os.path.join(out, shard_name(0, 4))
     deadline = time.time() + 180
-    while not os.path.isdir(first):
+
+    def inside_shard_1() -> bool:  # shard 0 renamed into place, shard 1's temporary started
+        names = os.listdir(out) if os.path.isdir(out) else []
+        return os.path.isdir(first) and any(n.startswith(".tmp-" + shard_name(1, 4)) for n in names)
+
+    while not inside_shard_1():
         assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "shard 0 never finished"
+        assert time.time() < deadline, "shard 1 never started"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -172,7 +178,7 @@ def test_extract_killed_part_way_resumes_without_recomputing(tiny_lms, docs, tmp
     assert len(ds) == 16 and meta["num_shards"] == 4
     st1 = os.stat(os.path.join(first, "data.arrow"))
     assert (st1.st_ino, st1.st_mtime_ns) == (st0.st_ino, st0.st_mtime_ns)  # ... without redoing shard 0
-    log = open(os.path.join(out, LOG_FILE)).read()
+    log = open(os.path.join(out, EXTRACT_LOG_FILE)).read()
     assert log.count("computed " + shard_name(0, 4)) == 1 and log.count("computed " + shard_name(3, 4)) == 1
     assert not any(n.startswith(".tmp-") for n in os.listdir(out))
 

@@ -10,13 +10,20 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
-from pipeline_helpers import TARGET, TOP_K
+from pipeline_helpers import (
+    TARGET,
+    TOP_K,
+    ref_mid_token_positions,
+    ref_mid_token_teacher,
+    ref_target_prefix,
+)
 from transformers import PreTrainedTokenizerFast
 
 from fusekern.align import dtw, token_bytes
 from fusekern.align.vocab import canonical_target_ids, surface_strings
 from fusekern.pipeline import build_vocab_map, load_extract, run_align, run_extract, run_vocab_map
-from fusekern.pipeline.extract import FORMAT, _record_batch, extract_features, shard_name
+from fusekern.pipeline.extract import ExtractRow, _record_batch, extract_features, shard_name
+from fusekern.pipeline.formats import EXTRACT_FORMAT
 from fusekern.pipeline.io import text_hash
 
 # ------------------------------------------------------------------------------ hand-made case
@@ -36,13 +43,14 @@ def _hand_tokenizer(tokens: list, merges: list) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")
 
 
-def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
-    """An extract directory written by hand (what run_extract would write for these numbers)."""
+def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size, lse=None):
+    """An extract directory written by hand (what run_extract would write for these numbers;
+    ``lse=None``: the format without the logsumexp column)."""
     k = top_ids.shape[1]
     shard = os.path.join(path, shard_name(0, 1))
     os.makedirs(shard)
     meta = {
-        "format": FORMAT,
+        "format": EXTRACT_FORMAT if lse is not None else "fusekern-extract/1",
         "num_docs": 1,
         "num_shards": 1,
         "top_k": k,
@@ -53,7 +61,7 @@ def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
     with open(os.path.join(path, "extract_meta.json"), "w") as f:
         json.dump(meta, f)
     tok.save_pretrained(os.path.join(path, "tokenizer"))
-    row = (
+    row = ExtractRow(
         0,
         text_hash(text),
         np.array(ids, np.int32),
@@ -61,8 +69,9 @@ def _fake_extract(path, tok, text, ids, top_ids, top_logits, ce, vocab_size):
         np.array(top_logits, np.float16),
         np.array(ce, np.float32),
         float(np.mean(ce[:-1])),
+        None if lse is None else np.array(lse, np.float32),
     )
-    schema = extract_features(k).arrow_schema
+    schema = extract_features(k, logsumexp=lse is not None).arrow_schema
     with pa.OSFile(os.path.join(shard, "data.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as w:
         w.write_batch(_record_batch(schema, k, [row]))
     with open(os.path.join(shard, "shard.json"), "w") as f:
@@ -134,6 +143,64 @@ def test_hand_checked_bytes_mode(hand_case):
     assert meta["aligned_fraction"] == {"src": 1.0} and meta["one_to_one_fraction"] == {
         "src": pytest.approx(2 / 3)
     }
+
+
+@pytest.fixture(scope="module")
+def mid_case(tmp_path_factory):
+    """Text "abccxyz". Target: ab|cc|xy|z|</s>; source: ab|cc|xyz|</s> (ids as in hand_case,
+    the source also has "xyy", id 12): the target's context "abccxy" ends inside the source's
+    "xyz". Two extracts of the source, with and without the logsumexp column."""
+    root = tmp_path_factory.mktemp("mid")
+    text = "abccxyz"
+    letters = ["a", "b", "c", "x", "y", "z", "ab", "cc", "xy"]
+    tgt = _hand_tokenizer(letters, [("a", "b"), ("c", "c"), ("x", "y")])
+    src = _hand_tokenizer([*letters, "xyz", "xyy"], [("a", "b"), ("c", "c"), ("x", "y"), ("xy", "z")])
+    assert tgt(text, add_special_tokens=False)["input_ids"] == [8, 9, 10, 7]
+    assert src(text, add_special_tokens=False)["input_ids"] == [8, 9, 11]
+    # position 1 (context "abcc") predicts "xyz" (11): its top-k lacks it
+    top_ids = np.array([[9, 2, 3, 4], [10, 12, 5, 7], [1, 7, 6, 5], [2, 3, 4, 5]])
+    top_logits = np.array([[3, 2, 1, 0], [3, 2, 1, 0], [4, 1, 0, -1], [1, 1, 1, 1]])
+    ce = np.array([0.25, 2.5, 0.5, 0.0])
+    lse = np.array([3.5, 4.0, 4.25, 2.0])  # gold logit at position 1: 4.0 - 2.5 = 1.5
+    args = (text, [8, 9, 11, 1], top_ids, top_logits, ce)
+    with_lse = _fake_extract(str(root / "lse"), src, *args, vocab_size=13, lse=lse)
+    without = _fake_extract(str(root / "old"), src, *args, vocab_size=13)
+    return root, tgt, text, with_lse, without
+
+
+def test_hand_checked_mid_token_rule(mid_case):
+    root, tgt, text, with_lse, without = mid_case
+    r = _row(run_align(tgt, [text], [with_lse], str(root / "all"), positions="all"))
+    ids, logits = r["teacher_ids"][:, 0], r["teacher_logits"][:, 0]
+    # t0, t1 (contexts "ab", "abcc"): shared boundaries, as positions="boundary": source
+    # positions 0 and 1, top-k through the vocab map (xyy -> its longest target prefix "xy").
+    np.testing.assert_array_equal(ids[0], [9, 2, 3, 4])
+    np.testing.assert_array_equal(ids[1], [10, 10, 5, 7])
+    # t2 (context "abccxy") ends 2 bytes into the source's "xyz": source position 1, candidates
+    # extending "xy": the gold "xyz" (added from logsumexp - ce, logit 1.5) -> remainder "z" ->
+    # target "z" (7), and "xyy" (logit 2) -> "y" (6); "xy" (no byte beyond), "x", "z" dropped.
+    np.testing.assert_array_equal(ids[2], [7, 6, -1, -1])
+    np.testing.assert_array_equal(logits[2], [1.5, 2, 0, 0])
+    np.testing.assert_array_equal(ids[3], [1, 7, 6, 5])  # "</s>": a shared boundary again
+    assert (ids[4] == -1).all()
+    assert r["n_aligned"].tolist() == [4] and r["n_one_to_one"].tolist() == [2]
+    assert r["n_mid_token"].tolist() == [1] and r["n_mid_beyond_gold"].tolist() == [1]
+    rb = _row(run_align(tgt, [text], [with_lse], str(root / "boundary"), positions="boundary"))
+    for t in (0, 1, 3):  # shared boundaries: exactly the boundary rule
+        np.testing.assert_array_equal(rb["teacher_ids"][t], r["teacher_ids"][t])
+        np.testing.assert_array_equal(rb["teacher_logits"][t], r["teacher_logits"][t])
+    np.testing.assert_array_equal(rb["teacher_ids"][2, 0], [7, -1, -1, -1])  # one-hot, gold "z"
+    np.testing.assert_array_equal(rb["source_ce"], r["source_ce"])  # same group rule
+    meta = json.load(open(os.path.join(root / "all", "align_meta.json")))
+    fractions = ("aligned", "boundary", "mid_token", "mid_token_beyond_gold")
+    assert [meta[f"{k}_fraction"]["lse"] for k in fractions] == [1.0, 0.75, 0.25, 1.0]
+
+    # An extract without logsumexp (format /1): only the top-k's candidates, so "xyy" alone.
+    r1 = _row(run_align(tgt, [text], [without], str(root / "all_old"), positions="all"))
+    np.testing.assert_array_equal(r1["teacher_ids"][2, 0], [6, -1, -1, -1])
+    np.testing.assert_array_equal(r1["teacher_logits"][2, 0], [2, 0, 0, 0])
+    for t in (0, 1, 3):
+        np.testing.assert_array_equal(r1["teacher_ids"][t], r["teacher_ids"][t])
 
 
 def test_hand_checked_fusellm_mode(hand_case):
@@ -265,7 +332,7 @@ def _expected_teacher(u, t, t_ids, top_ids, top_logits, lut, k, keep_repeats):
     return ids, logits
 
 
-@pytest.mark.parametrize("rule", ["bytes", "fusellm", "boundary"])
+@pytest.mark.parametrize("rule", ["bytes", "fusellm", "boundary", "all"])
 def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, extracts, docs, tiny_lms):
     names, out = aligned
     mode = "fusellm" if rule == "fusellm" else "bytes"
@@ -273,10 +340,12 @@ def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, ext
     span_ds = datasets.load_from_disk(out["bytes"]).with_format("numpy")
     meta = json.load(open(os.path.join(out[rule], "align_meta.json")))
     assert meta["sources"] == names and meta["mode"] == mode and meta["top_k"] == TOP_K
-    assert meta["positions"] == ("boundary" if rule == "boundary" else "span")
+    assert meta["positions"] == (rule if rule in ("boundary", "all") else "span")
     t_tok = tiny_lms[TARGET].tokenizer
     t_bytes = token_bytes(t_tok)
     canon = canonical_target_ids(t_tok)
+    project = ref_target_prefix(t_bytes, canon)
+    n_mid = 0
     n_checked = {n: 0 for n in names}
     n_dtw = {n: 0 for n in names}
     n_conserved = 0
@@ -289,6 +358,7 @@ def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, ext
         for d, text in enumerate(docs):
             r, e = ds[d], ext[d]
             t_ids, s_ids = r["input_ids"].tolist(), e["input_ids"].tolist()
+            mid = [None] * len(t_ids)
             if mode == "bytes":
                 ref = _ref_bytes_source(text, t_ids, s_ids, t_bytes, s_bytes)
                 assert r["used_dtw"][s] == (ref == "dtw")
@@ -296,23 +366,40 @@ def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, ext
                     n_dtw[name] += 1
                     ref = _ref_dtw_bytes_source(t_ids, s_ids, t_tok, s_tok, lut, exact, canon)
                 one_to_one = ref
-                if rule == "boundary" and not r["used_dtw"][s]:
+                if rule in ("boundary", "all") and not r["used_dtw"][s]:
                     ref = _ref_boundary_source(text, t_ids, s_ids, t_bytes, s_bytes)
+                    if rule == "all":
+                        sp, tp = _first_bytes(s_bytes, s_ids, text), _first_bytes(t_bytes, t_ids, text)
+                        mid = ref_mid_token_positions(sp, tp)
                     # boundary ⊇ span, with the same source position where span teaches
                     assert all(b == u for u, b in zip(one_to_one, ref) if u is not None)
                 assert r["n_one_to_one"][s] == sum(u is not None for u in one_to_one)
             else:
                 ref = _ref_fusellm_source(t_ids, s_ids, t_tok, s_tok, lut, canon)
+            taught = doc_mid = doc_beyond = 0
             for t, u in enumerate(ref):
                 ids, logits = _expected_teacher(
                     u, t, t_ids, e["topk_ids"], e["topk_logits"], lut, TOP_K, keep_repeats=mode == "bytes"
                 )
+                if u is None and mid[t] is not None:  # positions="all": inside source token u+1
+                    v, seen = mid[t]
+                    gold, lse = s_ids[v + 1], e["logsumexp"][v]
+                    m_ids, m_log, kept = ref_mid_token_teacher(
+                        s_bytes[gold][:seen], gold, e["topk_ids"][v], e["topk_logits"][v],
+                        lse - e["ce"][v], s_bytes, project, TOP_K,
+                    )  # fmt: skip
+                    if m_ids:
+                        ids, logits = m_ids, m_log
+                        taught += 1
+                        doc_mid += 1
+                        doc_beyond += any(c != gold for c in kept)
+                taught += u is not None
                 got = r["teacher_ids"][t, s]
                 assert got[: len(ids)].tolist() == ids and (got[len(ids) :] == -1).all(), (name, d, t)
                 np.testing.assert_array_equal(r["teacher_logits"][t, s][: len(ids)], np.float16(logits))
                 if u is not None and rule == "bytes":  # exactly the source's CE of that token
                     assert r["source_ce"][t, s] == np.float32(e["ce"][u])
-            if rule == "boundary":  # the gold token's CE does not depend on the positions rule
+            if rule in ("boundary", "all"):  # the gold token's CE does not depend on the positions rule
                 np.testing.assert_array_equal(r["source_ce"][:, s], span_ds[d]["source_ce"][:, s])
             # Each group's source NLL is shared by its target tokens: with identical bytes and a 1:1
             # first group, the document's total NLL is kept exactly.
@@ -320,7 +407,9 @@ def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, ext
             if mode == "bytes" and tp[0] == sp[0] and b"".join(tp) == b"".join(sp):
                 np.testing.assert_allclose(r["source_ce"][:, s].sum(), e["ce"].sum(), rtol=1e-5)
                 n_conserved += 1
-            assert r["n_aligned"][s] == sum(u is not None for u in ref)
+            assert r["n_aligned"][s] == taught
+            assert (r["n_mid_token"][s], r["n_mid_beyond_gold"][s]) == (doc_mid, doc_beyond)
+            n_mid += doc_mid
             np.testing.assert_array_equal(r["source_ce_doc"][s], e["doc_ce"])
             n_checked[name] += 1
     assert all(n_checked[n] == len(docs) for n in names), n_checked
@@ -331,13 +420,18 @@ def test_matches_python_reference_on_three_tokenizer_families(rule, aligned, ext
     frac = meta["aligned_fraction"]
     assert frac[TARGET] == 1.0 and 0.3 < frac["neox_bbpe"] < 1 and 0.3 < frac["gpt2_uni"] < 1, frac
     span_frac = json.load(open(os.path.join(out["bytes"], "align_meta.json")))["aligned_fraction"]
-    if rule == "boundary":
+    if rule in ("boundary", "all"):
         assert all(frac[n] > span_frac[n] for n in names if n != TARGET), (frac, span_frac)
+    if rule == "all":
+        bound = json.load(open(os.path.join(out["boundary"], "align_meta.json")))["aligned_fraction"]
+        assert meta["boundary_fraction"] == bound  # shared boundaries: exactly the boundary rule
+        assert all(frac[n] > bound[n] for n in names if n != TARGET), (frac, bound)
+        assert n_mid > 0 and sum(meta["mid_token_fraction"].values()) > 0
     if mode == "bytes":
         assert meta["one_to_one_fraction"] == span_frac
 
 
-@pytest.mark.parametrize("rule", ["bytes", "boundary"])
+@pytest.mark.parametrize("rule", ["bytes", "boundary", "all"])
 def test_teacher_distributions_are_distributions(rule, aligned, tiny_lms):
     """Where a teacher exists, its probabilities (softmax of the listed logits, repeated ids
     adding, -1 entries ignored) sum to 1 over valid target ids; the EOS position has none."""
@@ -361,7 +455,7 @@ def test_target_as_its_own_source_gives_its_own_topk(aligned, extracts):
     names, out = aligned
     s = names.index(TARGET)
     ext = load_extract(extracts[TARGET])[0].with_format("numpy")
-    for mode in ("bytes", "fusellm", "boundary"):
+    for mode in ("bytes", "fusellm", "boundary", "all"):
         ds = datasets.load_from_disk(out[mode]).with_format("numpy")
         for d in range(len(ds)):
             r, e = ds[d], ext[d]

@@ -14,7 +14,8 @@ from pipeline_helpers import TARGET, run_cli
 
 from fusekern.cli import build_parser, main
 from fusekern.pipeline import load_extract, load_packed, run_align, run_extract, run_pack, run_split
-from fusekern.pipeline.extract import META_FILE, _check_or_write_meta, shard_name
+from fusekern.pipeline.extract import _check_or_write_meta, shard_name
+from fusekern.pipeline.formats import EXTRACT_META_FILE
 from fusekern.pipeline.paths import check_name_or_path, looks_local
 
 pytest_plugins = ["pipeline_fixtures"]  # shared, session-cached fixtures
@@ -134,7 +135,7 @@ def test_two_extract_processes_on_one_directory(tiny_lms, docs, tmp_path, capsys
         return ["extract", "--model", tiny_lms["gpt2_uni"].path, "--data", data, "--out", out, "--num-shards",
                 "2", "--top-k", str(top_k), "--batch-size", "2", "--no-progress"]  # fmt: skip
 
-    proc = run_cli(args(), {"FUSEKERN_EXTRACT_TEST_PAUSE": "30"})  # sits inside shard 0
+    proc = run_cli(args(), extract_pause=30)  # sits inside shard 0
     try:
         deadline = time.time() + 180
 
@@ -153,7 +154,7 @@ def test_two_extract_processes_on_one_directory(tiny_lms, docs, tmp_path, capsys
         assert live() == started
         assert main(args(top_k=7)) == 2  # other settings: refused, meta unchanged
         assert "other settings" in capsys.readouterr().err
-        assert json.load(open(os.path.join(out, META_FILE)))["top_k"] == 5
+        assert json.load(open(os.path.join(out, EXTRACT_META_FILE)))["top_k"] == 5
     finally:
         proc.kill()
         proc.communicate()
@@ -168,11 +169,13 @@ def test_extract_meta_is_created_atomically(tmp_path, monkeypatch):
     _check_or_write_meta(out, first)
     second = dict(first, top_k=7)
     real_exists = os.path.exists
-    monkeypatch.setattr(os.path, "exists", lambda p: False if p.endswith(META_FILE) else real_exists(p))
+    monkeypatch.setattr(
+        os.path, "exists", lambda p: False if p.endswith(EXTRACT_META_FILE) else real_exists(p)
+    )
     with pytest.raises(ValueError, match="top_k: 5 there vs 7 now"):
         _check_or_write_meta(out, second)
-    assert json.load(open(os.path.join(out, META_FILE)))["top_k"] == 5
-    assert os.listdir(out) == [META_FILE]  # no temporary left behind
+    assert json.load(open(os.path.join(out, EXTRACT_META_FILE)))["top_k"] == 5
+    assert os.listdir(out) == [EXTRACT_META_FILE]  # no temporary left behind
 
 
 def test_vocab_map_output_file_rules(tmp_path, capsys):

@@ -213,8 +213,9 @@ def _add_align(subparsers: argparse._SubParsersAction) -> None:
         "--positions",
         choices=POSITIONS,
         default=None,
-        help="bytes mode: which target positions take a source's top-k (the rules are described in "
-        "docs/DATA_FORMAT.md); default: run_align's",
+        help="bytes mode: which target positions take a source's top-k: 'span' (next tokens cut alike), "
+        "'boundary' (every shared token boundary) or 'all' (also inside a source token); default: "
+        "run_align's (docs/DATA_FORMAT.md)",
     )
     p.add_argument("--out", required=True, help="output directory")
     _overwrite_arg(p, "align")

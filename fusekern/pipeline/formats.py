@@ -18,18 +18,28 @@ SPLIT_FORMAT = "fusekern-split/1"
 SPLIT_META_FILE = "split_meta.json"
 
 # ---------------------------------------------------------------------------- extract (stage 2)
-EXTRACT_FORMAT = "fusekern-extract/1"
+EXTRACT_FORMAT = "fusekern-extract/2"  # /2 added the logsumexp column
+EXTRACT_READ_FORMATS = (EXTRACT_FORMAT, "fusekern-extract/1")  # what load_extract reads (/1: no logsumexp)
 EXTRACT_META_FILE = "extract_meta.json"
 EXTRACT_LOG_FILE = "extract.log"
 EXTRACT_TOKENIZER_DIR = "tokenizer"  # the source tokenizer, saved beside the shards
 SHARD_META_FILE = "shard.json"  # in each finished shard directory
 SHARD_DATA_FILE = "data.arrow"
-EXTRACT_COLUMNS = ("doc_id", "text_hash", "input_ids", "topk_ids", "topk_logits", "ce", "doc_ce")
+EXTRACT_COLUMNS = (
+    "doc_id",
+    "text_hash",
+    "input_ids",
+    "topk_ids",
+    "topk_logits",
+    "ce",
+    "doc_ce",
+    "logsumexp",
+)
 
 # ------------------------------------------------------------------------------ align (stage 4)
 MODES = ("bytes", "fusellm")
 """Alignment rules (``run_align(mode=...)``, ``--mode``; recorded as ``mode``)."""
-POSITIONS = ("span", "boundary")
+POSITIONS = ("span", "boundary", "all")
 """Which target positions take a source's top-k in bytes mode (``positions=``, ``--positions``)."""
 ALIGNED_FORMAT = "fusekern-aligned/1"
 ALIGN_META_FILE = "align_meta.json"
@@ -43,6 +53,8 @@ ALIGNED_COLUMNS = (
     "n_aligned",
     "n_one_to_one",
     "used_dtw",
+    "n_mid_token",
+    "n_mid_beyond_gold",
 )
 
 # ------------------------------------------------------------------------------- pack (stage 5)

@@ -106,11 +106,15 @@ def run_vocab_map(
     return out_file
 
 
-def load_vocab_map(path: str, source_tokenizer: Any, target_tokenizer: Any):
+def load_vocab_map(
+    path: str, source_tokenizer: Any, target_tokenizer: Any, *, fingerprints: dict | None = None
+):
     """A saved map (from :func:`run_vocab_map` or ``fusekern vocab-map``), checked against the
     two tokenizers (``ValueError`` on a mismatch): their fingerprints where the file records them,
     and always the sizes and exact entries. The refinement is re-applied: it is idempotent, and
-    brings a map written without it (older fusekern) up to date."""
+    brings a map written without it (older fusekern) up to date. ``fingerprints``: the
+    tokenizers' :func:`vocab_fingerprint` by side (``"source"``, ``"target"``) where the caller
+    has computed them already."""
     from fusekern.align.vocab import VocabMap, refine_vocab_map, token_tables
 
     if not os.path.isfile(path):
@@ -120,9 +124,10 @@ def load_vocab_map(path: str, source_tokenizer: Any, target_tokenizer: Any):
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"vocab map {path!r} cannot be read ({exc}): damaged or not a vocab map") from None
     recorded = loaded.tokenizers or {}
+    known = fingerprints or {}
     for side, tok in (("source", source_tokenizer), ("target", target_tokenizer)):
         want = recorded.get(f"{side}_vocab_sha256")
-        if want and want != vocab_fingerprint(tok):
+        if want and want != (known.get(side) or vocab_fingerprint(tok)):
             raise ValueError(
                 f"vocab map {path!r} was made for another {side} tokenizer ({recorded.get(side)!r}, a "
                 "different vocabulary); is it another source's map (check the order of the vocab maps)?"
