@@ -1,7 +1,8 @@
-"""Pipeline benchmarks (issue 4): align-stage throughput and on-disk storage, against FuseLLM.
+"""Pipeline benchmarks: align-stage throughput and on-disk storage, against FuseLLM.
 
 Run: ``pytest benchmarks/bench_pipeline.py -s`` (prints a summary; numbers recorded in
-benchmarks/RESULTS.md, section "Pipeline (issue 4)").
+benchmarks/RESULTS.md, sections "Pipeline: align throughput and storage against FuseLLM's
+formats" and "Align throughput: a steady rate").
 
 Setup, built once: a Llama-2-style target tokenizer (SentencePiece BPE, 8k) and two sources
 (byte-level BPE 8k as GPT-NeoX/MPT, SentencePiece BPE 5k as OpenLLaMA), trained on standard-
@@ -15,10 +16,13 @@ mostly the gold) written in the exact ``fusekern extract`` format.
   vocab maps, tokenize the target, byte alignment, top-k vocab mapping, write the aligned
   dataset; S = 2, K = 10, one worker process and one native thread; target tokens per second
   of wall time and per CPU second (= per core), against a FuseLLM-style Python alignment (its
-  DTW + per-id token lookups) on a few documents of the same data. Also timed: the same call
-  without ``vocab_maps`` (align builds both maps itself: a fixed cost per call).
+  DTW + per-id token lookups) on a few documents of the same data. The steady rate is the
+  median of ``ROUNDS`` calls after one discarded warm-up call (the first call of a process
+  pays its lazy imports), each into a fresh output directory removed outside the timing; the
+  best call is reported beside it. Also timed: the same call without ``vocab_maps`` (align
+  builds both maps itself: a fixed cost per call).
 - ``test_align_throughput_positions``: the three ``positions`` rules in the same run (prebuilt
-  maps), alternating.
+  maps), alternating, medians of ``ROUNDS`` calls each.
 - ``test_storage``: bytes per token per source on disk, ours (extract shards; the packed
   training set) vs FuseLLM's formats measured by writing them with ``datasets`` the way its
   scripts do (extract: per-step top-k as torch tensors padded to the block, so int64 ids and
@@ -30,6 +34,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import statistics
 import time
 import tracemalloc
 
@@ -54,6 +60,7 @@ BLOCK = 512
 SOURCES = {"s_bbpe": ("byte_bpe", 8000), "s_sp": ("sp_bpe", 5000)}
 TARGET = ("sp_bpe", 8000)
 N_REF_DOCS = 3
+ROUNDS = 5  # timed align calls per configuration: the median is the steady rate
 
 
 def _dir_bytes(path: str, pattern: str = "**/*.arrow") -> int:
@@ -104,9 +111,9 @@ def _write_synthetic_extract(path: str, tok, texts: list, seed: int) -> int:
     return n_tokens
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench_pipeline")
+def build_setup(root) -> dict:
+    """The benchmark's data under ``root`` (a ``pathlib.Path``): tokenizers, split documents,
+    synthetic extracts and prebuilt vocab maps (also used by ``align_ab.py``)."""
     prose, code = corpus.stdlib_prose(2000), corpus.stdlib_code(150)
     train = prose[:1500] + code[:100]
     toks = {"target": tokenizers.train_tokenizer(TARGET[0], train, vocab_size=TARGET[1])}
@@ -132,6 +139,11 @@ def setup(tmp_path_factory):
         "src_tokens": src_tokens,
         "target": target_path,
     }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return build_setup(tmp_path_factory.mktemp("bench_pipeline"))
 
 
 # ------------------------------------------------------------------ FuseLLM-style reference
@@ -169,9 +181,8 @@ def _marker(tok) -> str:
 
 
 def _align(s: dict, out: str, *, prebuilt_maps: bool = True, **kw) -> None:
-    """One timed align stage of the benchmarks: both sources, 1 process, 1 thread, the vocab
-    maps from files (``prebuilt_maps``) or built in the call; each round replaces the previous
-    round's output."""
+    """One align stage of the benchmarks: both sources, 1 process, 1 thread, the vocab maps
+    from files (``prebuilt_maps``) or built in the call; replaces an earlier output in ``out``."""
     names = list(SOURCES)
     paths = [s["extracts"][n] for n in names]
     maps = [s["maps"][n] for n in names] if prebuilt_maps else None
@@ -181,6 +192,16 @@ def _align(s: dict, out: str, *, prebuilt_maps: bool = True, **kw) -> None:
     )  # fmt: skip
 
 
+def _timed_align(s: dict, out: str, **kw) -> tuple:
+    """(CPU seconds of this process, wall seconds) of one ``_align`` into a fresh ``out``, which
+    is then removed (outside the timing: deleting 50 MB is not the align stage's work)."""
+    shutil.rmtree(out, ignore_errors=True)
+    c0, w0 = time.process_time(), time.perf_counter()
+    _align(s, out, **kw)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0  # CPU: all threads of the process
+    return cpu, wall
+
+
 def test_align_throughput(benchmark, setup):
     from fusekern.pipeline import build_vocab_map, load_extract
 
@@ -188,24 +209,17 @@ def test_align_throughput(benchmark, setup):
     names = list(SOURCES)
     out = str(s["root"] / "aligned")
     cpu, wall, peak = [], [], []
-
-    def align():
-        _align(s, out)
+    _align(s, out)  # warm-up, not timed: the process's lazy imports
 
     def run():
-        c0, w0 = time.process_time(), time.perf_counter()
-        align()
-        cpu.append(time.process_time() - c0)  # all threads of this process: CPU-seconds
-        wall.append(time.perf_counter() - w0)
+        c, w = _timed_align(s, out)
+        cpu.append(c)
+        wall.append(w)
 
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
-    cpu_built = []
-    for _ in range(2):  # the maps built inside the call (no --vocab-maps)
-        c0 = time.process_time()
-        _align(s, out, prebuilt_maps=False)
-        cpu_built.append(time.process_time() - c0)
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    cpu_built = [_timed_align(s, out, prebuilt_maps=False)[0] for _ in range(3)]  # no --vocab-maps
     tracemalloc.start()  # a separate run: tracing slows Python allocations several-fold
-    align()
+    _align(s, out)
     peak.append(tracemalloc.get_traced_memory()[1])
     tracemalloc.stop()
     meta = json.load(open(os.path.join(out, "align_meta.json")))
@@ -236,21 +250,24 @@ def test_align_throughput(benchmark, setup):
             )
             ref_seconds += time.process_time() - t0
             ref_tokens += len(base_ids)
-    ours_cpu = n_tgt / min(cpu)
+    ours_cpu = n_tgt / statistics.median(cpu)
     ref_rate = ref_tokens / len(names) / ref_seconds  # target tokens/s with both sources, like ours
     info = {
         "target_tokens": n_tgt,
         "docs": meta["num_docs"],
         "aligned_fraction": meta["aligned_fraction"],
-        "tokens_per_s_wall": round(n_tgt / min(wall)),
-        "tokens_per_cpu_s": round(ours_cpu),
-        "tokens_per_cpu_s_maps_built_in_call": round(n_tgt / min(cpu_built)),
+        "rounds": ROUNDS,
+        "tokens_per_s_wall_median": round(n_tgt / statistics.median(wall)),
+        "tokens_per_cpu_s_median": round(ours_cpu),
+        "tokens_per_cpu_s_best": round(n_tgt / min(cpu)),
+        "tokens_per_cpu_s_worst": round(n_tgt / max(cpu)),
+        "tokens_per_cpu_s_maps_built_in_call_median": round(n_tgt / statistics.median(cpu_built)),
         "fusellm_ref_tokens_per_cpu_s": round(ref_rate),
         "ratio_vs_fusellm": round(ours_cpu / ref_rate, 1),
         "peak_traced_mb": round(max(peak) / 2**20, 1),
     }
     benchmark.extra_info.update(info)
-    print("\nalign throughput (S=2, K=10, block 512, 1 process, 1 thread, prebuilt vocab maps):")
+    print(f"\nalign throughput (S=2, K=10, block 512, 1 process, 1 thread, prebuilt maps, {ROUNDS} calls):")
     print(json.dumps(info, indent=1))
 
 
@@ -258,17 +275,16 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
     s = setup
     out = str(s["root"] / "aligned_fusellm")
     cpu = []
+    _align(s, out, mode="fusellm")  # warm-up, not timed
 
     def run():
-        c0 = time.process_time()
-        _align(s, out, mode="fusellm")
-        cpu.append(time.process_time() - c0)
+        cpu.append(_timed_align(s, out, mode="fusellm")[0])
 
-    benchmark.pedantic(run, rounds=3, iterations=1)  # the best of 3, as for bytes mode
+    benchmark.pedantic(run, rounds=3, iterations=1)
     meta = json.load(open(os.path.join(out, "align_meta.json")))
     info = {
         "target_tokens": meta["num_tokens"],
-        "tokens_per_cpu_s": round(meta["num_tokens"] / min(cpu)),
+        "tokens_per_cpu_s_median": round(meta["num_tokens"] / statistics.median(cpu)),
         "aligned_fraction": meta["aligned_fraction"],
     }
     benchmark.extra_info.update(info)
@@ -277,28 +293,24 @@ def test_align_throughput_fusellm_mode(benchmark, setup):
 
 def test_align_throughput_positions(benchmark, setup):
     """The positions rules in the same run: same data, S = 2, K = 10, 1 process, 1 thread,
-    prebuilt vocab maps; best of 2 alternating runs each."""
+    prebuilt vocab maps; medians of ``ROUNDS`` alternating calls each."""
     s = setup
     cpu: dict = {p: [] for p in POSITIONS}
     metas = {}
 
     def one(positions):
         out = str(s["root"] / f"aligned_{positions}")
-        c0 = time.process_time()
-        _align(s, out, positions=positions)
-        cpu[positions].append(time.process_time() - c0)
+        cpu[positions].append(_timed_align(s, out, positions=positions)[0])
         metas[positions] = json.load(open(os.path.join(out, "align_meta.json")))
 
-    def run():
-        for positions in POSITIONS:
-            one(positions)
-
-    benchmark.pedantic(run, rounds=2, iterations=1)
+    _align(s, str(s["root"] / "aligned_warm"), positions="all")  # warm-up, not timed
+    benchmark.pedantic(lambda: [one(p) for p in POSITIONS], rounds=ROUNDS, iterations=1)
     n_tgt = metas["span"]["num_tokens"]
     info = {"target_tokens": n_tgt, "one_to_one": metas["span"]["one_to_one_fraction"]}
     for p in POSITIONS:
-        info[f"tokens_per_cpu_s_{p}"] = round(n_tgt / min(cpu[p]))
-        info[f"{p}_over_span_time"] = round(min(cpu[p]) / min(cpu["span"]), 3)
+        info[f"tokens_per_cpu_s_median_{p}"] = round(n_tgt / statistics.median(cpu[p]))
+        info[f"tokens_per_cpu_s_best_{p}"] = round(n_tgt / min(cpu[p]))
+        info[f"{p}_over_span_time"] = round(statistics.median(cpu[p]) / statistics.median(cpu["span"]), 3)
         info[f"taught_{p}"] = metas[p]["aligned_fraction"]
     info["mid_token_all"] = metas["all"]["mid_token_fraction"]
     benchmark.extra_info.update(info)

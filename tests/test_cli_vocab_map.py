@@ -261,3 +261,44 @@ def test_console_command(tok_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "exact" in proc.stdout
     assert VocabMap.load(out).source_size == len(toy_tokenizer("unigram"))
+
+
+def test_load_vocab_map_uses_a_fingerprinted_refined_map_as_saved(tok_dirs, tmp_path, monkeypatch, capsys):
+    """A map from run_vocab_map records both fingerprints and the refinement it carries: align
+    loads it as saved (no second refinement, no surface check: a per-call cost of the align
+    stage). A map lacking either is refined again and its exact entries are checked."""
+    import fusekern.align.vocab as vocab_mod
+    from fusekern.pipeline import run_vocab_map
+    from fusekern.pipeline.vocab import load_vocab_map
+
+    s_tok, t_tok = toy_tokenizer("byte_bpe"), toy_tokenizer("sp_bpe")
+    path = run_vocab_map(tok_dirs["byte_bpe"], tok_dirs["sp_bpe"], str(tmp_path / "m.npz"))
+    capsys.readouterr()
+    saved = VocabMap.load(path)
+    assert saved.refined == vocab_mod.REFINE_VERSION
+    assert {"source_vocab_sha256", "target_vocab_sha256"} <= set(saved.tokenizers)
+    want = map_vocab(s_tok, t_tok)
+    np.testing.assert_array_equal(saved.ids, want.ids)
+
+    def no_refine(*args, **kwargs):
+        raise AssertionError("refined again")
+
+    monkeypatch.setattr(vocab_mod, "refine_vocab_map", no_refine)
+    got = load_vocab_map(path, s_tok, t_tok)
+    for field in ("ids", "distance", "exact", "special", "prefix"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    bigger = copy.deepcopy(s_tok)
+    bigger.add_tokens(["zqzqx"])  # the fast path still checks what the fingerprints would
+    with pytest.raises(ValueError, match="another source tokenizer"):
+        load_vocab_map(path, bigger, t_tok)
+
+    # written by an older fusekern (no refinement recorded), or without fingerprints: refined again
+    older = VocabMap(**{**saved.__dict__, "refined": 0}).save(str(tmp_path / "older.npz"))
+    bare = VocabMap(**{**saved.__dict__, "tokenizers": None}).save(str(tmp_path / "bare.npz"))
+    for other in (older, bare):
+        with pytest.raises(AssertionError, match="refined again"):
+            load_vocab_map(other, s_tok, t_tok)
+    monkeypatch.undo()
+    for other in (older, bare):
+        np.testing.assert_array_equal(load_vocab_map(other, s_tok, t_tok).ids, want.ids)
+    assert VocabMap.load(str(tmp_path / "older.npz")).refined == 0

@@ -129,3 +129,51 @@ def test_slow_byte_level_tokenizer():
 def test_not_a_tokenizer():
     with pytest.raises(TypeError, match="tokenizer must be"):
         token_bytes("gpt2")
+
+
+def _real_or_toy():
+    from fusekern.testing.align_reference import real_tokenizer
+
+    toks = {kind: toy_tokenizer(kind) for kind in KINDS}
+    toks.update({n: real_tokenizer(n) for n in ("llama2", "mpt", "qwen2") if real_tokenizer(n) is not None})
+    return toks
+
+
+def test_spec_without_merges_is_the_tokenizer_json_minus_merges():
+    """token_bytes reads tokenizer.json without parsing the BPE merges: everything else must be
+    what the full parse gives, also when a token's text spells the key it looks for."""
+    import copy
+    import json
+
+    from fusekern.align.token_bytes import _spec
+
+    toks = _real_or_toy()
+    tricky = copy.deepcopy(toks["byte_bpe"])
+    tricky.add_tokens([',"merges":[', '"merges"'])
+    toks["tricky"] = tricky
+    for name, tok in toks.items():
+        backend = tok.backend_tokenizer
+        full = json.loads(backend.to_str())
+        full["model"].pop("merges", None)
+        assert _spec(backend) == full, name  # token_bytes reads nothing else of the backend
+    assert b',"merges":[' in token_bytes(tricky)
+
+
+def test_byte_level_pieces_match_a_per_character_decode():
+    """The one-pass ByteLevel decode equals the per-character rule (alphabet character → its
+    byte, any other character → its UTF-8) on every piece of the byte-level vocabularies, and on
+    pieces mixing both."""
+    from fusekern.align.token_bytes import _byte_level, bytes_to_unicode
+
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+
+    def reference(piece: str) -> bytes:
+        return b"".join(bytes([to_byte[ch]]) if ch in to_byte else ch.encode("utf-8") for ch in piece)
+
+    pieces = ["ĠHello", "Ċ", "æĹ¥", "<plain_added>", "a b", "\u00a0x", "é", "日本", "ĠÿĀ", ""]
+    for tok in _real_or_toy().values():
+        if type(tok.backend_tokenizer.decoder).__name__ == "ByteLevel":
+            pieces += list(tok.get_vocab())
+    assert len(pieces) > 1000
+    for piece in pieces:
+        assert _byte_level(piece) == reference(piece), piece

@@ -73,9 +73,21 @@ def _to_bytes(piece: Piece) -> bytes:
 # ---------------------------------------------------------------- decoder steps (per token)
 
 
+@lru_cache(maxsize=1)
+def _byte_level_fast() -> tuple:
+    """(str.translate table: ByteLevel character → the code point of its byte, a regex finding
+    any character outside the ByteLevel alphabet)."""
+    to_byte = _unicode_to_byte()
+    alphabet = "".join(sorted(to_byte))
+    return {ord(c): b for c, b in to_byte.items()}, re.compile(f"[^{re.escape(alphabet)}]")
+
+
 def _byte_level(piece: Piece) -> Piece:
     if isinstance(piece, bytes):
         return piece
+    table, foreign = _byte_level_fast()
+    if foreign.search(piece) is None:  # every character is a byte: one C-level pass
+        return piece.translate(table).encode("latin-1")
     table = _unicode_to_byte()
     out = bytearray()
     for ch in piece:
@@ -184,8 +196,27 @@ def _model_pieces(model: dict) -> tuple:
     return pieces, unk_id
 
 
+def _spec(backend: Any) -> dict:
+    """The backend's ``tokenizer.json`` as a dict, without the BPE ``merges`` where they can be
+    left out (nothing here reads them; on a 150k vocabulary they are most of the parsing time).
+    The serialisation ends with the model, whose last key is ``merges``; ``,"merges":[`` can
+    only be that key (a quote inside a JSON string is escaped). Anything else parses it whole."""
+    text = backend.to_str()
+    cut = text.rfind(',"merges":[')
+    if cut > 0:
+        try:
+            spec = json.loads(text[:cut] + "}}")
+        except ValueError:
+            spec = None
+        model = spec.get("model") if isinstance(spec, dict) else None
+        needed = {"added_tokens", "decoder", "normalizer", "pre_tokenizer"}
+        if isinstance(model, dict) and "vocab" in model and needed <= spec.keys():
+            return spec
+    return json.loads(text)
+
+
 def _from_backend(backend: Any) -> list:
-    spec = json.loads(backend.to_str())
+    spec = _spec(backend)
     model = spec.get("model") or {}
     pieces, unk_id = _model_pieces(model)
     added = spec.get("added_tokens") or []
@@ -362,5 +393,5 @@ def adds_dummy_prefix(tokenizer: Any) -> bool:
     backend = _backend_of(tokenizer)
     if backend is None:
         return bool(getattr(tokenizer, "add_prefix_space", False) or getattr(tokenizer, "sp_model", None))
-    spec = json.loads(backend.to_str())
+    spec = _spec(backend)
     return _pre_tokenizer_prefix(spec.get("pre_tokenizer")) or _normalizer_prefix(spec.get("normalizer"))

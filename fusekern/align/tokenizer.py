@@ -71,7 +71,7 @@ def load_tokenizer(tokenizer: Any, *, name: str = "tokenizer", trust_remote_code
             tok = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
         except Exception as exc:  # OSError, ValueError, or the Rust parser's error on a damaged file
             raise FileNotFoundError(f"{name}: cannot load a tokenizer from {path!r}: {exc}") from None
-    if len(tok.get_vocab()) <= len(set(tok.all_special_ids)):
+    if len(tok) <= len(set(tok.all_special_ids)):  # len: no vocabulary dict (0.2 s for 150k tokens)
         # transformers builds an empty tokenizer from a model directory without tokenizer files
         raise FileNotFoundError(
             f"{name}: {path!r} holds no tokenizer vocabulary (only special tokens); "

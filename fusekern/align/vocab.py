@@ -63,6 +63,7 @@ from fusekern.align.token_bytes import _special_ids, token_bytes
 __all__ = [
     "VocabMap",
     "canonical_target_ids",
+    "check_map_sizes",
     "map_vocab",
     "refine_vocab_map",
     "surface_strings",
@@ -72,6 +73,7 @@ __all__ = [
 _ROLES = ("eos_token", "bos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 FORMAT = "fusekern-vocab-map/1"
+REFINE_VERSION = 1  # bump when refine_vocab_map's policy changes: saved maps are then refined again
 _TABLES: dict = {}
 
 
@@ -112,7 +114,10 @@ class VocabMap:
     source id is a special token, mapped by content or role), ``prefix`` bool (mapped to its
     longest target byte prefix; all False in maps written before that rule existed).
     ``tokenizers``: what the map was made for (``{"source": ..., "target": ...}``, free-form,
-    saved with it; see ``fusekern.pipeline.vocab``), or None.
+    saved with it; see ``fusekern.pipeline.vocab``), or None. ``refined``: the version of the
+    :func:`refine_vocab_map` policy applied (``REFINE_VERSION``), 0 = not refined (and maps
+    written before this was recorded); saved with it, so a loader can tell whether it must
+    refine again.
     """
 
     ids: np.ndarray
@@ -122,6 +127,7 @@ class VocabMap:
     target_size: int
     tokenizers: dict | None = None
     prefix: np.ndarray | None = None
+    refined: int = 0
 
     def __post_init__(self) -> None:
         if self.prefix is None:
@@ -148,6 +154,8 @@ class VocabMap:
         counts = self.counts()
         if self.tokenizers:
             counts["tokenizers"] = self.tokenizers
+        if self.refined:
+            counts["refined"] = self.refined
         if path.endswith(".json"):
             doc = {
                 "format": FORMAT,
@@ -201,6 +209,7 @@ class VocabMap:
             target_size=int(meta["target_size"]),
             tokenizers=meta.get("tokenizers"),
             prefix=np.asarray(arrays["prefix"], dtype=bool) if "prefix" in arrays else None,
+            refined=meta["refined"] if isinstance(meta.get("refined"), int) else 0,
         )
 
 
@@ -269,20 +278,22 @@ def _canonical_target_ids(target_tokenizer: Any) -> np.ndarray:
     return canon
 
 
+def check_map_sizes(vmap: VocabMap, source_tokenizer: Any, target_tokenizer: Any) -> None:
+    """Raise ``ValueError`` if the map's sizes do not match the two tokenizers'."""
+    ns, nt = len(token_tables(source_tokenizer)[0]), len(token_tables(target_tokenizer)[0])
+    if vmap.source_size != ns:
+        raise ValueError(f"vocab map covers {vmap.source_size} source ids but the source tokenizer has {ns}")
+    if vmap.target_size != nt:
+        raise ValueError(f"vocab map targets {vmap.target_size} ids but the target tokenizer has {nt}")
+
+
 def refine_vocab_map(vmap: VocabMap, source_tokenizer: Any, target_tokenizer: Any) -> VocabMap:
     """Apply the same-string and canonical-duplicate rules (module doc) to a map of these two
     tokenizers. Idempotent; ``distance``/``exact``/``special`` are kept. Raises ``ValueError``
     if the map's sizes do not match the tokenizers."""
+    check_map_sizes(vmap, source_tokenizer, target_tokenizer)
     src_surface = token_tables(source_tokenizer)[1]
     tgt_surface = token_tables(target_tokenizer)[1]
-    if vmap.source_size != len(src_surface):
-        raise ValueError(
-            f"vocab map covers {vmap.source_size} source ids but the source tokenizer has {len(src_surface)}"
-        )
-    if vmap.target_size != len(tgt_surface):
-        raise ValueError(
-            f"vocab map targets {vmap.target_size} ids but the target tokenizer has {len(tgt_surface)}"
-        )
     canon = canonical_target_ids(target_tokenizer)
     ids = vmap.ids.copy()
     normal = (ids >= 0) & ~vmap.special
@@ -302,6 +313,7 @@ def refine_vocab_map(vmap: VocabMap, source_tokenizer: Any, target_tokenizer: An
         target_size=vmap.target_size,
         tokenizers=vmap.tokenizers,
         prefix=vmap.prefix,
+        refined=REFINE_VERSION,
     )
 
 

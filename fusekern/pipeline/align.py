@@ -180,6 +180,7 @@ class _Source:
         self.top_k = int(meta["top_k"])
         self.side = side
         self.lut = lut  # source id -> target id (int32, -1 = none), length = logits dim
+        self.unmapped = bool((lut < 0).any())
         self.exact = exact  # source id -> surface identical to lut's target
         self.has_lse = "logsumexp" in ds.column_names  # extract format /2
         self.remainders: dict = {}  # (source id, bytes seen) -> target id: the mid-token projection
@@ -305,15 +306,19 @@ def boundary_positions(
     b_flat: np.ndarray,
     b_off: np.ndarray,
     b_lens: np.ndarray,
+    *,
+    contexts: tuple | None = None,
 ) -> np.ndarray:
     """For each position t of tokenisation b (ids into ``b_lens``; documents at ``b_off``), the
     position u of a whose context ends at the same byte offset of the same document, else -1:
     the positions where both tokenisations have a token boundary. Both must cover the same
     bytes per document. A document's last position (nothing to predict) gets -1. The next
     tokens must agree on being zero-width or not: where both are zero-width (the final EOS
-    pair) u is a's first such position; otherwise u is unique."""
-    a_doc, a_end, a_nxt, a_last = _context_ends(a_flat, a_off, a_lens)
-    b_doc, b_end, b_nxt, b_last = _context_ends(b_flat, b_off, b_lens)
+    pair) u is a's first such position; otherwise u is unique. ``contexts``: the two
+    :func:`_context_ends` where the caller has them (a batch computes the target's once)."""
+    a_ctx, b_ctx = contexts or (_context_ends(a_flat, a_off, a_lens), _context_ends(b_flat, b_off, b_lens))
+    a_doc, a_end, a_nxt, a_last = a_ctx
+    b_doc, b_end, b_nxt, b_last = b_ctx
     width = 2 * (max(int(a_end.max(initial=0)), int(b_end.max(initial=0))) + 2)
     pos = np.flatnonzero(~a_last)
     keys = (a_doc * width + 2 * a_end + a_nxt)[pos]  # non-decreasing along the batch
@@ -334,14 +339,17 @@ def mid_token_positions(
     b_flat: np.ndarray,
     b_off: np.ndarray,
     b_lens: np.ndarray,
+    *,
+    contexts: tuple | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each position t of tokenisation b (arguments as :func:`boundary_positions`): the
     position u of a whose next token u+1 holds t's context end o strictly inside (u+1 covers
     bytes [s, e) with s < o < e), and r = o - s, the bytes of that token already seen. u = -1
     (r = 0) where o is also a boundary of a, where o lies inside a document's first token of a
     (no position predicts it) and at b's last position of each document."""
-    a_doc, a_end, _, _ = _context_ends(a_flat, a_off, a_lens)
-    b_doc, b_end, _, b_last = _context_ends(b_flat, b_off, b_lens)
+    a_ctx, b_ctx = contexts or (_context_ends(a_flat, a_off, a_lens), _context_ends(b_flat, b_off, b_lens))
+    a_doc, a_end, _, _ = a_ctx
+    b_doc, b_end, _, b_last = b_ctx
     width = max(int(a_end.max(initial=0)), int(b_end.max(initial=0))) + 1
     keys = a_doc * width + a_end  # non-decreasing along the batch
     j = np.searchsorted(keys, b_doc * width + b_end, side="right") - 1  # a's last boundary <= o
@@ -357,7 +365,7 @@ def _consistent(cand: np.ndarray, seen: np.ndarray, gold: np.ndarray, side: _Sid
     valid = (cand >= 0) & (cand < side.size)
     c = np.where(valid, cand, 0)
     ok = valid & (side.lens[c] > seen[:, None])
-    rows, cols = np.nonzero(ok)
+    rows, cols = np.nonzero(ok & (cand != gold[:, None]))  # the gold agrees with itself: no compare
     c_at, g_at, n_seen = off[c[rows, cols]], off[gold[rows]], seen[rows]
     same = np.ones(rows.size, dtype=bool)
     todo = np.arange(rows.size)
@@ -447,12 +455,13 @@ def mid_token_teacher(
     rows, cols = np.nonzero(kept)
     tid[rows, cols] = _project_remainders(side, cache, cand[rows, cols], seen[rows], prefix)
     kept &= tid >= 0
-    kept &= np.cumsum(kept, axis=1) <= k_out
-    ids, out_log = _compact(np.where(kept, tid, -1), np.where(kept, logits, 0).astype(np.float16))
-    width = min(k_out, ids.shape[1])
-    pad = k_out - width
-    ids = np.pad(ids[:, :width], ((0, 0), (0, pad)), constant_values=-1)
-    out_log = np.pad(out_log[:, :width], ((0, 0), (0, pad)))
+    slot = np.cumsum(kept, axis=1) - 1  # the column each kept entry moves to, order kept
+    kept &= slot < k_out
+    rows, cols = np.nonzero(kept)
+    ids = np.full((u.size, k_out), -1, dtype=np.int64)
+    out_log = np.zeros((u.size, k_out), dtype=np.float16)
+    ids[rows, slot[rows, cols]] = tid[rows, cols]
+    out_log[rows, slot[rows, cols]] = logits[rows, cols]
     return MidTokenTeacher(ids, out_log, (kept & (cand != gold[:, None])).any(axis=1))
 
 
@@ -500,6 +509,7 @@ class _Batch(NamedTuple):
     tgt_off: np.ndarray  # [n + 1] document offsets into tgt_flat
     tgt_adj: np.ndarray | None  # tgt_flat with the dummy prefix stripped (bytes mode)
     is_last: np.ndarray  # a document's last position (the EOS: nothing to predict)
+    tgt_context: tuple | None  # _context_ends of tgt_adj (positions "boundary"/"all"), shared by the sources
 
     @property
     def n(self) -> int:
@@ -532,6 +542,7 @@ class _Groups(NamedTuple):
     dtw_docs: list  # documents aligned with DTW (bytes differ, or fusellm mode)
     single: np.ndarray  # fusellm: the one source token DTW maps each target token to, else -1
     a_adj: np.ndarray | None  # source ids with the dummy prefix stripped (bytes mode)
+    contexts: tuple | None  # (source, target) _context_ends where the batch has the target's
 
 
 def _read_source_rows(src: _Source, batch: _Batch) -> _SourceRows:
@@ -611,7 +622,10 @@ def _source_groups(ctx: _Context, src: _Source, batch: _Batch, rows: _SourceRows
         raise RuntimeError("alignment groups do not cover the target tokens")  # aligner contract broken
     if not np.array_equal(ga1[:-1], ga0[1:]) or (ga1.size and ga1[-1] != rows.flat.size):
         raise RuntimeError("alignment groups do not tile the source tokens")  # aligner contract broken
-    return _Groups(doc, a0, a1, b0, b1, ga0, b0 + tgt_off[doc], dtw_docs, single, a_adj)
+    contexts = None
+    if batch.tgt_context is not None:
+        contexts = (_context_ends(a_adj, rows.off, src.side.lens), batch.tgt_context)
+    return _Groups(doc, a0, a1, b0, b1, ga0, b0 + tgt_off[doc], dtw_docs, single, a_adj, contexts)
 
 
 def _position_ce(batch: _Batch, rows: _SourceRows, g: _Groups) -> np.ndarray:
@@ -657,8 +671,9 @@ def _teacher_positions(ctx: _Context, src: _Source, batch: _Batch, rows: _Source
         if ctx.positions != "span" and len(g.dtw_docs) < batch.n:
             # every shared token boundary of the byte-equal documents
             b_pos = boundary_positions(
-                g.a_adj, rows.off, src.side.lens, batch.tgt_adj, batch.tgt_off, ctx.target.lens
-            )
+                g.a_adj, rows.off, src.side.lens, batch.tgt_adj, batch.tgt_off, ctx.target.lens,
+                contexts=g.contexts,
+            )  # fmt: skip
             take = _byte_doc_positions(batch, g)
             src_pos[take] = b_pos[take]
     else:
@@ -680,7 +695,7 @@ def _mid_token(ctx: _Context, src: _Source, batch: _Batch, rows: _SourceRows, g:
     """positions="all": (target positions, their MidTokenTeacher) where the context ends inside
     a source token of a byte-equal document and no shared boundary already teaches."""
     u, seen = mid_token_positions(
-        g.a_adj, rows.off, src.side.lens, batch.tgt_adj, batch.tgt_off, ctx.target.lens
+        g.a_adj, rows.off, src.side.lens, batch.tgt_adj, batch.tgt_off, ctx.target.lens, contexts=g.contexts
     )
     t = np.flatnonzero((u >= 0) & (src_pos < 0) & _byte_doc_positions(batch, g))
     u, seen = u[t], seen[t]
@@ -706,26 +721,33 @@ def _align_source(ctx: _Context, src: _Source, s: int, batch: _Batch, out: dict)
     g = _source_groups(ctx, src, batch, rows)
     src_pos, n_one = _teacher_positions(ctx, src, batch, rows, g)
 
-    ids, logits, ks = out["teacher_ids"], out["teacher_logits"], src.top_k
+    ids, logits, ks = out["teacher_ids"][s], out["teacher_logits"][s], src.top_k  # [nt, K] each
     aligned = np.flatnonzero(src_pos >= 0)
-    project = _compact if ctx.mode == "bytes" else _dedupe_compact  # FuseLLM keeps the first of repeats
-    m_ids, m_log = project(src.lut[rows.top_ids[src_pos[aligned]]], rows.top_log[src_pos[aligned]].copy())
-    ids[aligned, s, :ks] = m_ids
-    logits[aligned, s, :ks] = m_log
+    at = src_pos[aligned]
+    m_ids = np.take(src.lut, np.take(rows.top_ids, at, axis=0))  # np.take: ~2x fancy indexing
+    m_log = np.take(rows.top_log, at, axis=0)
+    if ctx.mode != "bytes":
+        m_ids, m_log = _dedupe_compact(m_ids, m_log)  # FuseLLM keeps the first of repeats
+    elif src.unmapped:  # drop ids the map leaves at -1 (a LUT without any needs no pass)
+        m_ids, m_log = _compact(m_ids, m_log)
+    if ks == ids.shape[1]:
+        ids[aligned], logits[aligned] = m_ids, m_log  # whole rows: numpy's faster scatter
+    else:
+        ids[aligned, :ks], logits[aligned, :ks] = m_ids, m_log
     taught = src_pos >= 0
     if ctx.positions == "all" and len(g.dtw_docs) < batch.n:
         t, mid = _mid_token(ctx, src, batch, rows, g, src_pos)
         has = mid.ids[:, 0] >= 0  # no consistent candidate: the one-hot fallback below
-        ids[t[has], s] = mid.ids[has]
-        logits[t[has], s] = mid.logits[has]
+        ids[t[has]] = mid.ids[has]
+        logits[t[has]] = mid.logits[has]
         taught[t[has]] = True
         doc_of = np.searchsorted(batch.tgt_off, t[has], side="right") - 1
         out["n_mid_token"][:, s] = np.bincount(doc_of, minlength=batch.n)
         out["n_mid_beyond_gold"][:, s] = np.bincount(doc_of[mid.beyond_gold[has]], minlength=batch.n)
     fallback = np.flatnonzero(~taught & ~batch.is_last)
-    ids[fallback, s, 0] = batch.tgt_flat[fallback + 1]
-    logits[fallback, s, 0] = 1.0
-    out["source_ce"][:, s] = _position_ce(batch, rows, g)
+    ids[fallback, 0] = batch.tgt_flat[fallback + 1]
+    logits[fallback, 0] = 1.0
+    out["source_ce"][s] = _position_ce(batch, rows, g)
     out["source_ce_doc"][:, s] = rows.doc_ce
     taught_doc = np.searchsorted(batch.tgt_off, np.flatnonzero(taught), side="right") - 1
     out["n_aligned"][:, s] = np.bincount(taught_doc, minlength=batch.n)
@@ -754,7 +776,10 @@ def _target_batch(ctx: _Context, texts: list, lo: int) -> _Batch:
     if tgt_flat.size and tgt_flat.max() >= ctx.target.size:
         raise ValueError(f"target token id {int(tgt_flat.max())} beyond the target tokenizer's vocabulary")
     adj = strip_dummy_prefix(tgt_flat, tgt_off, ctx.target, texts) if ctx.mode == "bytes" else None
-    return _Batch(texts, lo, text_hashes(texts), tgt_flat, tgt_off, adj, ~body)
+    context = None
+    if adj is not None and ctx.positions != "span":
+        context = _context_ends(adj, tgt_off, ctx.target.lens)
+    return _Batch(texts, lo, text_hashes(texts), tgt_flat, tgt_off, adj, ~body, context)
 
 
 def _align_batch(batch: pa.Table, indices: list, *, ctx: _Context) -> pa.Table:
@@ -765,10 +790,10 @@ def _align_batch(batch: pa.Table, indices: list, *, ctx: _Context) -> pa.Table:
         raise RuntimeError("align expects contiguous batches")  # datasets.map guarantees this
     b = _target_batch(ctx, texts, lo)
     num_s, k, nt = len(ctx.sources), ctx.top_k, b.tgt_flat.size
-    out = {
-        "teacher_ids": np.full((nt, num_s, k), -1, dtype=np.int32),
-        "teacher_logits": np.zeros((nt, num_s, k), dtype=np.float16),
-        "source_ce": np.zeros((nt, num_s), dtype=np.float32),
+    out = {  # per-token columns source-major (each source writes contiguous rows), per-doc ones [n, S]
+        "teacher_ids": np.full((num_s, nt, k), -1, dtype=np.int32),
+        "teacher_logits": np.zeros((num_s, nt, k), dtype=np.float16),
+        "source_ce": np.zeros((num_s, nt), dtype=np.float32),
         **{
             name: np.zeros((n, num_s), dtype=np.float32 if name == "source_ce_doc" else np.int32)
             for name in _PER_DOC
@@ -784,7 +809,8 @@ def _arrow_batch(b: _Batch, out: dict, num_s: int, k: int) -> pa.Table:
     offsets = pa.array(b.tgt_off.astype(np.int32), type=pa.int32())
 
     def per_token(values: np.ndarray, typ: pa.DataType, shape: tuple) -> pa.Array:
-        arr = pa.array(values.reshape(-1), type=typ)
+        # source-major [S, nt, ...] -> the column's token-major layout [nt, S, ...]
+        arr = pa.array(np.ascontiguousarray(np.moveaxis(values, 0, 1)).reshape(-1), type=typ)
         for width in reversed(shape):
             arr = pa.FixedSizeListArray.from_arrays(arr, width)
         return pa.ListArray.from_arrays(offsets, arr)
@@ -978,7 +1004,9 @@ def _write_aligned(
         )
         meta = _align_meta(aligned, ctx, target, target_fingerprint)
         meta["seconds"] = round(time.time() - t0, 3)
-        save_dataset_atomic(aligned, out_dir, {ALIGN_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
+        save_dataset_atomic(
+            aligned, out_dir, {ALIGN_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite, link_from=cache
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return meta

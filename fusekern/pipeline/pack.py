@@ -278,7 +278,9 @@ def run_pack(
         )
         meta = _packed_meta(packed, aligned, ameta, block_size=block_size, pack_documents=pack_documents)
         meta["seconds"] = round(time.time() - t0, 3)
-        save_dataset_atomic(packed, out_dir, {PACKED_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite)
+        save_dataset_atomic(
+            packed, out_dir, {PACKED_META_FILE: meta}, kind=OUTPUT, overwrite=overwrite, link_from=cache
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     print(

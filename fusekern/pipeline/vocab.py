@@ -111,11 +111,13 @@ def load_vocab_map(
 ):
     """A saved map (from :func:`run_vocab_map` or ``fusekern vocab-map``), checked against the
     two tokenizers (``ValueError`` on a mismatch): their fingerprints where the file records them,
-    and always the sizes and exact entries. The refinement is re-applied: it is idempotent, and
-    brings a map written without it (older fusekern) up to date. ``fingerprints``: the
-    tokenizers' :func:`vocab_fingerprint` by side (``"source"``, ``"target"``) where the caller
-    has computed them already."""
-    from fusekern.align.vocab import VocabMap, refine_vocab_map, token_tables
+    and always the sizes. A map that records both fingerprints and the current refinement
+    (``REFINE_VERSION``) is used as saved: the fingerprints say it was made from exactly these
+    vocabularies. Any other map (older fusekern, or written without fingerprints) is refined again
+    (idempotent) and its exact entries are checked against the tokenizers' surfaces.
+    ``fingerprints``: the tokenizers' :func:`vocab_fingerprint` by side (``"source"``,
+    ``"target"``) where the caller has computed them already."""
+    from fusekern.align.vocab import REFINE_VERSION, VocabMap, check_map_sizes, refine_vocab_map, token_tables
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocab map {path!r} does not exist")
@@ -125,6 +127,7 @@ def load_vocab_map(
         raise ValueError(f"vocab map {path!r} cannot be read ({exc}): damaged or not a vocab map") from None
     recorded = loaded.tokenizers or {}
     known = fingerprints or {}
+    checked = 0
     for side, tok in (("source", source_tokenizer), ("target", target_tokenizer)):
         want = recorded.get(f"{side}_vocab_sha256")
         if want and want != (known.get(side) or vocab_fingerprint(tok)):
@@ -132,6 +135,10 @@ def load_vocab_map(
                 f"vocab map {path!r} was made for another {side} tokenizer ({recorded.get(side)!r}, a "
                 "different vocabulary); is it another source's map (check the order of the vocab maps)?"
             )
+        checked += bool(want)
+    if checked == 2 and loaded.refined == REFINE_VERSION:
+        check_map_sizes(loaded, source_tokenizer, target_tokenizer)
+        return loaded
     vmap = refine_vocab_map(loaded, source_tokenizer, target_tokenizer)
     # Sizes alone do not tell tokenizers apart (a map of another source of the same size, e.g.
     # --vocab-maps given in another order than --sources): an exact entry must join equal surfaces.
