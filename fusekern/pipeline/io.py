@@ -250,7 +250,7 @@ def _whole_files(ds: datasets.Dataset, inside: str) -> list | None:
         if any(r[0] != "replace_schema_metadata" for r in (getattr(b, "replays", None) or [])):
             return None
         files.append((b.path, b.num_rows))
-    return files
+    return files if all(n > 0 for _, n in files) else None  # one row per file stands for it
 
 
 def _save_linked(ds: datasets.Dataset, tmp: str, inside: str) -> bool:
