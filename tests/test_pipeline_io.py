@@ -71,3 +71,27 @@ def test_save_links_map_outputs_instead_of_copying(tmp_path, num_proc):
         assert not {os.stat(f).st_ino for f in files} & inodes
         assert datasets.load_from_disk(out2).data.table.equals(other.flatten_indices().data.table)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_save_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    import os
+
+    import datasets
+
+    from fusekern.pipeline.io import save_dataset_atomic
+    from fusekern.pipeline.paths import OutputDir
+
+    (tmp_path / "cache").mkdir()
+    ds = _mapped(str(tmp_path), 1)
+
+    def no_links(*args, **kwargs):
+        raise OSError("Operation not permitted")  # e.g. a file system without hard links
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = str(tmp_path / "out")
+    kind = OutputDir("test", "meta.json", ("test/1",))
+    meta = {"meta.json": {"format": "test/1"}}
+    save_dataset_atomic(ds, out, meta, kind=kind, link_from=str(tmp_path / "cache"))
+    assert datasets.load_from_disk(out).data.table.equals(ds.data.table)
+    assert os.stat(ds.cache_files[0]["filename"]).st_nlink == 1  # copied, not linked
+    assert sorted(os.listdir(tmp_path)) == ["cache", "out"]  # no temporary left behind
