@@ -29,7 +29,7 @@ NAMES = ["s_bbpe", "s_sp"]
 
 
 def worker(checkout: str, rule: str, calls: int, data: str) -> None:
-    sys.path.insert(0, os.path.abspath(checkout))
+    sys.path.insert(0, os.path.abspath(checkout))  # the checkout under test, ahead of any install
     import fusekern
     from fusekern.pipeline import run_align
 
@@ -58,8 +58,7 @@ def worker(checkout: str, rule: str, calls: int, data: str) -> None:
 def build(data: str) -> None:
     if os.path.isfile(os.path.join(data, "setup.json")):
         return
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_pipeline import build_setup
+    from bench_pipeline import build_setup  # beside this script: on sys.path when run as a script
 
     os.makedirs(data, exist_ok=True)
     s = build_setup(pathlib.Path(data))
